@@ -1,0 +1,8 @@
+//! detour: a Kubernetes mutating admission webhook that rewrites Pod images to
+//! registry mirrors.
+//!
+//! Dependency direction (inner to outer): [`reference`] and [`rules`] are the
+//! pure core; [`config`] and [`presets`] build rules from files; [`manifest`]
+//! applies them to Kubernetes objects; transport and runtime wiring sit on top.
+
+pub mod reference;
