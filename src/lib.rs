@@ -6,3 +6,6 @@
 //! applies them to Kubernetes objects; transport and runtime wiring sit on top.
 
 pub mod reference;
+pub mod config;
+pub mod presets;
+pub mod rules;

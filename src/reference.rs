@@ -135,12 +135,6 @@ impl Reference {
         })
     }
 
-    /// Builds a reference from parts that the caller has already validated
-    /// (used by the rewriter, which re-parses its output as a safety net).
-    pub(crate) fn from_parts(domain: String, path: String, tag: Option<String>, digest: Option<String>) -> Self {
-        Self { domain, path, tag, digest }
-    }
-
     pub fn domain(&self) -> &str {
         &self.domain
     }

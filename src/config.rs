@@ -1,0 +1,327 @@
+//! The configuration file: typed YAML in, a validated [`Config`] out.
+//!
+//! Layer: adapter from files to the pure core. Every value is checked while
+//! it is deserialised, so an error names the file, the line and the reason;
+//! a config that loads can always be applied. Unknown fields are errors.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::presets::{self, PresetRef};
+use crate::rules::{Alias, DigestPolicy, RepoPrefix, RepoSet, Rule, RuleOrigin, RuleSet, SourcePattern, Transform};
+
+/// Config files larger than this are refused: a ConfigMap holds 1 MiB, and a
+/// bound keeps a hostile file from exhausting memory.
+pub const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
+
+/// The config used when none is given (README: "The embedded default").
+pub const EMBEDDED_DEFAULT: &str = include_str!("default-config.yaml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}: {size} bytes is more than the {MAX_CONFIG_BYTES}-byte limit")]
+    TooLarge { file: String, size: u64 },
+    #[error("{file}:{line}:{column}: {message}")]
+    Invalid {
+        file: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{file}: {message}")]
+    Rejected { file: String, message: String },
+}
+
+/// What images the webhook rewrites in which way: the whole file, validated.
+#[derive(Debug)]
+pub struct Config {
+    /// Where it came from: a path or `embedded default`.
+    pub origin: String,
+    pub presets: Vec<PresetRef>,
+    pub rules: RuleSet,
+}
+
+/// The file format. Field documentation is in the README ("Configuration").
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ConfigFile {
+    #[serde(default)]
+    presets: Vec<PresetRef>,
+    #[serde(default)]
+    rules: Vec<RuleSpec>,
+    #[serde(default)]
+    aliases: Vec<AliasSpec>,
+    #[serde(default)]
+    skip: Vec<RepoPattern>,
+    #[serde(default = "default_placeholders")]
+    placeholders: Vec<String>,
+}
+
+fn default_placeholders() -> Vec<String> {
+    vec!["auto".to_string()]
+}
+
+/// The transformation kinds of `mirrors.md` §4.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TransformKind {
+    Host,
+    Prefix,
+    FullReference,
+    Flatten,
+    Join,
+    Keep,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawRule {
+    name: Option<String>,
+    source: String,
+    kind: TransformKind,
+    target: Option<String>,
+    token: Option<String>,
+    #[serde(default)]
+    digests: DigestPolicy,
+    #[serde(default)]
+    allow: Vec<String>,
+    #[serde(default)]
+    skip: Vec<String>,
+    #[serde(default)]
+    renames: BTreeMap<String, String>,
+}
+
+/// One `rules:` entry: the rule and the exact renames it carries.
+#[derive(Debug, Deserialize)]
+#[serde(try_from = "RawRule")]
+pub(crate) struct RuleSpec {
+    pub(crate) rules: Vec<Rule>,
+}
+
+impl TryFrom<RawRule> for RuleSpec {
+    type Error = String;
+
+    fn try_from(raw: RawRule) -> Result<Self, String> {
+        let source = SourcePattern::parse(&raw.source).map_err(|e| e.to_string())?;
+        let name = raw.name.clone().unwrap_or_else(|| format!("{source}"));
+        let ctx = |msg: String| format!("rule {name:?}: {msg}");
+        let target = |what: &str| -> Result<RepoPrefix, String> {
+            let text = raw.target.as_deref().ok_or_else(|| ctx(format!("kind {what} needs a target")))?;
+            RepoPrefix::parse(text).map_err(|e| ctx(e.to_string()))
+        };
+        if raw.token.is_some() && raw.kind != TransformKind::Join {
+            return Err(ctx("token is only used by kind join".into()));
+        }
+        let transform = match raw.kind {
+            TransformKind::Host => {
+                let t = target("host")?;
+                if !t.path.is_empty() {
+                    return Err(ctx(format!(
+                        "kind host replaces only the registry, so the target must be a host without a path (got {t}); use kind prefix to add a path"
+                    )));
+                }
+                Transform::Host(t.domain)
+            }
+            TransformKind::Prefix => Transform::Prefix(target("prefix")?),
+            TransformKind::FullReference => Transform::FullReference(target("full-reference")?),
+            TransformKind::Flatten => Transform::Flatten(target("flatten")?),
+            TransformKind::Join => {
+                let token = raw.token.clone().unwrap_or_default();
+                if !token.is_empty() && !crate::reference::is_path_component(&token) {
+                    return Err(ctx(format!("token {token:?} must be a lowercase path component (or empty)")));
+                }
+                Transform::Join { target: target("join")?, token }
+            }
+            TransformKind::Keep => {
+                if raw.target.is_some() {
+                    return Err(ctx("kind keep leaves images alone and takes no target".into()));
+                }
+                Transform::Keep
+            }
+        };
+        let allow = RepoSet::parse(&raw.allow).map_err(|e| ctx(format!("allow: {e}")))?;
+        let skip = RepoSet::parse(&raw.skip).map_err(|e| ctx(format!("skip: {e}")))?;
+        let mut rules = vec![Rule {
+            name: name.clone(),
+            origin: RuleOrigin::Config,
+            source: source.clone(),
+            transform,
+            digests: raw.digests,
+            allow,
+            skip,
+        }];
+        for (from, to) in &raw.renames {
+            let from_pattern = SourcePattern::parse(from).map_err(|e| ctx(format!("renames: {e}")))?;
+            if from_pattern.path.is_empty() || !matches!(from_pattern.host, crate::rules::HostPattern::Exact(_)) {
+                return Err(ctx(format!("renames: {from:?} must be a full repository (registry/path)")));
+            }
+            if !covers(&source, &from_pattern) {
+                return Err(ctx(format!("renames: {from:?} is not under this rule's source {source}")));
+            }
+            let to_prefix = RepoPrefix::parse(to).map_err(|e| ctx(format!("renames: {e}")))?;
+            if to_prefix.path.is_empty() {
+                return Err(ctx(format!("renames: {to:?} must be a full repository (registry/path)")));
+            }
+            rules.push(Rule {
+                name: format!("{name}: rename {from_pattern}"),
+                origin: RuleOrigin::Config,
+                source: from_pattern,
+                transform: Transform::Rename(to_prefix),
+                digests: raw.digests,
+                allow: RepoSet::default(),
+                skip: RepoSet::default(),
+            });
+        }
+        Ok(RuleSpec { rules })
+    }
+}
+
+/// Does `outer` cover every repository that the exact pattern `inner` names?
+fn covers(outer: &SourcePattern, inner: &SourcePattern) -> bool {
+    use crate::rules::HostPattern::*;
+    let Exact(inner_host) = &inner.host else { return false };
+    let host_ok = match &outer.host {
+        Exact(h) => h == inner_host,
+        Subdomains(s) => inner_host.ends_with(&format!(".{s}")),
+        Any => true,
+    };
+    let path_ok = outer.path.is_empty()
+        || inner.path == outer.path
+        || inner.path.strip_prefix(&outer.path).is_some_and(|rest| rest.starts_with('/'));
+    host_ok && path_ok
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAlias {
+    from: String,
+    to: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(try_from = "RawAlias")]
+pub(crate) struct AliasSpec(pub(crate) Alias);
+
+impl TryFrom<RawAlias> for AliasSpec {
+    type Error = String;
+    fn try_from(raw: RawAlias) -> Result<Self, String> {
+        let from = SourcePattern::parse(&raw.from).map_err(|e| format!("alias from: {e}"))?;
+        if !matches!(from.host, crate::rules::HostPattern::Exact(_)) {
+            return Err(format!("alias from {:?}: must name one registry, not a wildcard", raw.from));
+        }
+        let to = RepoPrefix::parse(&raw.to).map_err(|e| format!("alias to: {e}"))?;
+        if from.key() == to.key() {
+            return Err(format!("alias {:?} points at itself", raw.from));
+        }
+        Ok(AliasSpec(Alias { from, to }))
+    }
+}
+
+/// One validated repository pattern string (see [`RepoSet`]).
+#[derive(Debug, Deserialize)]
+#[serde(try_from = "String")]
+struct RepoPattern(String);
+
+impl TryFrom<String> for RepoPattern {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        RepoSet::parse(&[&s]).map_err(|e| e.to_string())?;
+        Ok(RepoPattern(s))
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let meta = std::fs::metadata(path).map_err(|source| ConfigError::Read { file: file.clone(), source })?;
+        if meta.len() > MAX_CONFIG_BYTES {
+            return Err(ConfigError::TooLarge { file, size: meta.len() });
+        }
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { file: file.clone(), source })?;
+        Self::from_yaml(&text, &file)
+    }
+
+    pub fn embedded_default() -> Config {
+        Self::from_yaml(EMBEDDED_DEFAULT, "embedded default").unwrap_or_else(|e| {
+            // A test checks that the embedded default loads; an empty rule set
+            // is the harmless fallback should that ever be broken.
+            tracing::error!(error = %e, "embedded default config is invalid; rewriting nothing");
+            Config { origin: "empty".into(), presets: vec![], rules: RuleSet::default() }
+        })
+    }
+
+    /// Parses YAML text; `origin` names it in errors.
+    pub fn from_yaml(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        Self::from_yaml_with_presets(text, origin, &[])
+    }
+
+    /// Parses YAML text and adds `extra` presets after the file's own (the
+    /// `--preset` flag).
+    pub fn from_yaml_with_presets(text: &str, origin: &str, extra: &[PresetRef]) -> Result<Config, ConfigError> {
+        if text.len() as u64 > MAX_CONFIG_BYTES {
+            return Err(ConfigError::TooLarge { file: origin.into(), size: text.len() as u64 });
+        }
+        // An empty file is an empty mapping, not an error.
+        let text = if text.trim().is_empty() { "{}" } else { text };
+        let file: ConfigFile = serde_yaml_ng::from_str(text).map_err(|e| yaml_error(origin, &e))?;
+        Self::build(file, origin, extra)
+    }
+
+    fn build(file: ConfigFile, origin: &str, extra: &[PresetRef]) -> Result<Config, ConfigError> {
+        let mut rules: Vec<Rule> = file.rules.into_iter().flat_map(|spec| spec.rules).collect();
+        let mut aliases: Vec<Alias> = file.aliases.into_iter().map(|a| a.0).collect();
+        let mut preset_refs = file.presets;
+        preset_refs.extend(extra.iter().cloned());
+        for preset in &preset_refs {
+            let (preset_rules, preset_aliases) =
+                presets::expand(preset).map_err(|message| ConfigError::Rejected { file: origin.into(), message })?;
+            rules.extend(preset_rules);
+            aliases.extend(preset_aliases);
+        }
+        let skip = RepoSet::parse(&file.skip.iter().map(|p| p.0.as_str()).collect::<Vec<_>>())
+            .map_err(|e| ConfigError::Rejected { file: origin.into(), message: e.to_string() })?;
+        Ok(Config {
+            origin: origin.to_string(),
+            presets: preset_refs,
+            rules: RuleSet::new(rules, aliases, skip, file.placeholders),
+        })
+    }
+}
+
+/// Turns a YAML error into file:line:column: reason.
+fn yaml_error(origin: &str, e: &serde_yaml_ng::Error) -> ConfigError {
+    let message = e.to_string();
+    // serde_yaml appends " at line L column C"; the location goes up front instead.
+    let message = match message.find(" at line ") {
+        Some(i) => message[..i].to_string(),
+        None => message,
+    };
+    let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
+    ConfigError::Invalid { file: origin.into(), line, column, message }
+}
+
+/// Parses preset rule blocks with the same schema as user rules.
+pub(crate) fn parse_rule_specs(yaml: &str) -> Result<(Vec<Rule>, Vec<Alias>), String> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Block {
+        #[serde(default)]
+        rules: Vec<RuleSpec>,
+        #[serde(default)]
+        aliases: Vec<AliasSpec>,
+    }
+    let block: Block = serde_yaml_ng::from_str(yaml).map_err(|e| e.to_string())?;
+    Ok((block.rules.into_iter().flat_map(|s| s.rules).collect(), block.aliases.into_iter().map(|a| a.0).collect()))
+}
+
+#[cfg(test)]
+mod tests;
