@@ -1,1 +1,84 @@
-fn main(){}
+//! Criterion benchmarks of the pure core: explain one reference, and rewrite
+//! all images of a 60-container Pod with 10 and with 10,000 rules.
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use detour::config::Config;
+use detour::rules::RuleSet;
+use std::hint::black_box;
+
+fn rule_set(n: usize) -> RuleSet {
+    // Realistic shape: a handful of real registries plus many synthetic hosts
+    // and per-repository rules, so lookups hit populated hash buckets.
+    let mut yaml = String::from(
+        "rules:
+  - {source: registry.k8s.io, kind: full-reference, target: m.daocloud.io}
+  - {source: quay.io, kind: host, target: quay.m.daocloud.io}
+  - {source: '*.gcr.io', kind: host, target: gcr.m.daocloud.io}
+  - {source: docker.io, kind: host, target: docker.m.daocloud.io, allow: [docker.io/library/**]}
+  - {source: ghcr.io, kind: prefix, target: harbor.example/ghcr}
+",
+    );
+    for i in 5..n {
+        if i % 2 == 0 {
+            yaml.push_str(&format!(
+                "  - {{source: r{i}.example.com, kind: host, target: m{i}.mirror.example}}\n"
+            ));
+        } else {
+            yaml.push_str(&format!(
+                "  - {{source: quay.io/org{i}, kind: prefix, target: q.mirror.example/o{i}}}\n"
+            ));
+        }
+    }
+    let set = Config::from_yaml(&yaml, "bench").unwrap().rules;
+    assert_eq!(set.rules().len(), n.max(5));
+    set
+}
+
+fn pod_images() -> Vec<String> {
+    let bases = [
+        "nginx:1.25",
+        "registry.k8s.io/ingress-nginx/controller:v1.9.4",
+        "quay.io/prometheus/node-exporter:v1.7.0",
+        "us.gcr.io/project/app:2",
+        "ghcr.io/org/tool@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+        "bitnami/redis:7.2",
+    ];
+    (0..60)
+        .map(|i| bases[i % bases.len()].to_string())
+        .collect()
+}
+
+fn bench(c: &mut Criterion) {
+    let small = rule_set(10);
+    c.bench_function(
+        "explain registry.k8s.io/ingress-nginx/controller:v1.9.4",
+        |b| {
+            b.iter(|| {
+                detour::explain::record(
+                    &small,
+                    black_box("registry.k8s.io/ingress-nginx/controller:v1.9.4"),
+                )
+            })
+        },
+    );
+    let images = pod_images();
+    for (label, set) in [("10 rules", small), ("10000 rules", rule_set(10_000))] {
+        c.bench_function(&format!("rewrite 60-container pod, {label}"), |b| {
+            b.iter_batched(
+                || (),
+                |_| {
+                    let mut changed = 0;
+                    for image in &images {
+                        changed += usize::from(set.rewrite(black_box(image)).rewritten().is_some());
+                    }
+                    assert!(changed >= 40);
+                    changed
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -10,7 +10,9 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::presets::{self, PresetRef};
-use crate::rules::{Alias, DigestPolicy, RepoPrefix, RepoSet, Rule, RuleOrigin, RuleSet, SourcePattern, Transform};
+use crate::rules::{
+    Alias, DigestPolicy, RepoPrefix, RepoSet, Rule, RuleOrigin, RuleSet, SourcePattern, Transform,
+};
 
 /// Config files larger than this are refused: a ConfigMap holds 1 MiB, and a
 /// bound keeps a hostile file from exhausting memory.
@@ -114,7 +116,10 @@ impl TryFrom<RawRule> for RuleSpec {
         let name = raw.name.clone().unwrap_or_else(|| format!("{source}"));
         let ctx = |msg: String| format!("rule {name:?}: {msg}");
         let target = |what: &str| -> Result<RepoPrefix, String> {
-            let text = raw.target.as_deref().ok_or_else(|| ctx(format!("kind {what} needs a target")))?;
+            let text = raw
+                .target
+                .as_deref()
+                .ok_or_else(|| ctx(format!("kind {what} needs a target")))?;
             RepoPrefix::parse(text).map_err(|e| ctx(e.to_string()))
         };
         if raw.token.is_some() && raw.kind != TransformKind::Join {
@@ -136,13 +141,20 @@ impl TryFrom<RawRule> for RuleSpec {
             TransformKind::Join => {
                 let token = raw.token.clone().unwrap_or_default();
                 if !token.is_empty() && !crate::reference::is_path_component(&token) {
-                    return Err(ctx(format!("token {token:?} must be a lowercase path component (or empty)")));
+                    return Err(ctx(format!(
+                        "token {token:?} must be a lowercase path component (or empty)"
+                    )));
                 }
-                Transform::Join { target: target("join")?, token }
+                Transform::Join {
+                    target: target("join")?,
+                    token,
+                }
             }
             TransformKind::Keep => {
                 if raw.target.is_some() {
-                    return Err(ctx("kind keep leaves images alone and takes no target".into()));
+                    return Err(ctx(
+                        "kind keep leaves images alone and takes no target".into()
+                    ));
                 }
                 Transform::Keep
             }
@@ -159,16 +171,25 @@ impl TryFrom<RawRule> for RuleSpec {
             skip,
         }];
         for (from, to) in &raw.renames {
-            let from_pattern = SourcePattern::parse(from).map_err(|e| ctx(format!("renames: {e}")))?;
-            if from_pattern.path.is_empty() || !matches!(from_pattern.host, crate::rules::HostPattern::Exact(_)) {
-                return Err(ctx(format!("renames: {from:?} must be a full repository (registry/path)")));
+            let from_pattern =
+                SourcePattern::parse(from).map_err(|e| ctx(format!("renames: {e}")))?;
+            if from_pattern.path.is_empty()
+                || !matches!(from_pattern.host, crate::rules::HostPattern::Exact(_))
+            {
+                return Err(ctx(format!(
+                    "renames: {from:?} must be a full repository (registry/path)"
+                )));
             }
             if !covers(&source, &from_pattern) {
-                return Err(ctx(format!("renames: {from:?} is not under this rule's source {source}")));
+                return Err(ctx(format!(
+                    "renames: {from:?} is not under this rule's source {source}"
+                )));
             }
             let to_prefix = RepoPrefix::parse(to).map_err(|e| ctx(format!("renames: {e}")))?;
             if to_prefix.path.is_empty() {
-                return Err(ctx(format!("renames: {to:?} must be a full repository (registry/path)")));
+                return Err(ctx(format!(
+                    "renames: {to:?} must be a full repository (registry/path)"
+                )));
             }
             rules.push(Rule {
                 name: format!("{name}: rename {from_pattern}"),
@@ -187,7 +208,9 @@ impl TryFrom<RawRule> for RuleSpec {
 /// Does `outer` cover every repository that the exact pattern `inner` names?
 fn covers(outer: &SourcePattern, inner: &SourcePattern) -> bool {
     use crate::rules::HostPattern::*;
-    let Exact(inner_host) = &inner.host else { return false };
+    let Exact(inner_host) = &inner.host else {
+        return false;
+    };
     let host_ok = match &outer.host {
         Exact(h) => h == inner_host,
         Subdomains(s) => inner_host.ends_with(&format!(".{s}")),
@@ -195,7 +218,10 @@ fn covers(outer: &SourcePattern, inner: &SourcePattern) -> bool {
     };
     let path_ok = outer.path.is_empty()
         || inner.path == outer.path
-        || inner.path.strip_prefix(&outer.path).is_some_and(|rest| rest.starts_with('/'));
+        || inner
+            .path
+            .strip_prefix(&outer.path)
+            .is_some_and(|rest| rest.starts_with('/'));
     host_ok && path_ok
 }
 
@@ -215,7 +241,10 @@ impl TryFrom<RawAlias> for AliasSpec {
     fn try_from(raw: RawAlias) -> Result<Self, String> {
         let from = SourcePattern::parse(&raw.from).map_err(|e| format!("alias from: {e}"))?;
         if !matches!(from.host, crate::rules::HostPattern::Exact(_)) {
-            return Err(format!("alias from {:?}: must name one registry, not a wildcard", raw.from));
+            return Err(format!(
+                "alias from {:?}: must name one registry, not a wildcard",
+                raw.from
+            ));
         }
         let to = RepoPrefix::parse(&raw.to).map_err(|e| format!("alias to: {e}"))?;
         if from.key() == to.key() {
@@ -242,11 +271,20 @@ impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let file = path.display().to_string();
-        let meta = std::fs::metadata(path).map_err(|source| ConfigError::Read { file: file.clone(), source })?;
+        let meta = std::fs::metadata(path).map_err(|source| ConfigError::Read {
+            file: file.clone(),
+            source,
+        })?;
         if meta.len() > MAX_CONFIG_BYTES {
-            return Err(ConfigError::TooLarge { file, size: meta.len() });
+            return Err(ConfigError::TooLarge {
+                file,
+                size: meta.len(),
+            });
         }
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { file: file.clone(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: file.clone(),
+            source,
+        })?;
         Self::from_yaml(&text, &file)
     }
 
@@ -255,7 +293,11 @@ impl Config {
             // A test checks that the embedded default loads; an empty rule set
             // is the harmless fallback should that ever be broken.
             tracing::error!(error = %e, "embedded default config is invalid; rewriting nothing");
-            Config { origin: "empty".into(), presets: vec![], rules: RuleSet::default() }
+            Config {
+                origin: "empty".into(),
+                presets: vec![],
+                rules: RuleSet::default(),
+            }
         })
     }
 
@@ -266,9 +308,16 @@ impl Config {
 
     /// Parses YAML text and adds `extra` presets after the file's own (the
     /// `--preset` flag).
-    pub fn from_yaml_with_presets(text: &str, origin: &str, extra: &[PresetRef]) -> Result<Config, ConfigError> {
+    pub fn from_yaml_with_presets(
+        text: &str,
+        origin: &str,
+        extra: &[PresetRef],
+    ) -> Result<Config, ConfigError> {
         if text.len() as u64 > MAX_CONFIG_BYTES {
-            return Err(ConfigError::TooLarge { file: origin.into(), size: text.len() as u64 });
+            return Err(ConfigError::TooLarge {
+                file: origin.into(),
+                size: text.len() as u64,
+            });
         }
         // An empty file is an empty mapping, not an error.
         let text = if text.trim().is_empty() { "{}" } else { text };
@@ -283,12 +332,18 @@ impl Config {
         preset_refs.extend(extra.iter().cloned());
         for preset in &preset_refs {
             let (preset_rules, preset_aliases) =
-                presets::expand(preset).map_err(|message| ConfigError::Rejected { file: origin.into(), message })?;
+                presets::expand(preset).map_err(|message| ConfigError::Rejected {
+                    file: origin.into(),
+                    message,
+                })?;
             rules.extend(preset_rules);
             aliases.extend(preset_aliases);
         }
         let skip = RepoSet::parse(&file.skip.iter().map(|p| p.0.as_str()).collect::<Vec<_>>())
-            .map_err(|e| ConfigError::Rejected { file: origin.into(), message: e.to_string() })?;
+            .map_err(|e| ConfigError::Rejected {
+                file: origin.into(),
+                message: e.to_string(),
+            })?;
         Ok(Config {
             origin: origin.to_string(),
             presets: preset_refs,
@@ -305,8 +360,16 @@ fn yaml_error(origin: &str, e: &serde_yaml_ng::Error) -> ConfigError {
         Some(i) => message[..i].to_string(),
         None => message,
     };
-    let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
-    ConfigError::Invalid { file: origin.into(), line, column, message }
+    let (line, column) = e
+        .location()
+        .map(|l| (l.line(), l.column()))
+        .unwrap_or((0, 0));
+    ConfigError::Invalid {
+        file: origin.into(),
+        line,
+        column,
+        message,
+    }
 }
 
 /// Parses preset rule blocks with the same schema as user rules.
@@ -320,7 +383,10 @@ pub(crate) fn parse_rule_specs(yaml: &str) -> Result<(Vec<Rule>, Vec<Alias>), St
         aliases: Vec<AliasSpec>,
     }
     let block: Block = serde_yaml_ng::from_str(yaml).map_err(|e| e.to_string())?;
-    Ok((block.rules.into_iter().flat_map(|s| s.rules).collect(), block.aliases.into_iter().map(|a| a.0).collect()))
+    Ok((
+        block.rules.into_iter().flat_map(|s| s.rules).collect(),
+        block.aliases.into_iter().map(|a| a.0).collect(),
+    ))
 }
 
 #[cfg(test)]

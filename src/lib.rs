@@ -5,7 +5,11 @@
 //! pure core; [`config`] and [`presets`] build rules from files; [`manifest`]
 //! applies them to Kubernetes objects; transport and runtime wiring sit on top.
 
-pub mod reference;
+pub mod cli;
+pub mod commands;
 pub mod config;
+pub mod explain;
+pub mod manifest;
 pub mod presets;
+pub mod reference;
 pub mod rules;

@@ -12,7 +12,9 @@ use std::str::FromStr;
 
 use serde::Deserialize;
 
-use crate::rules::{Alias, DigestPolicy, RepoPrefix, RepoSet, Rule, RuleOrigin, SourcePattern, Transform};
+use crate::rules::{
+    Alias, DigestPolicy, RepoPrefix, RepoSet, Rule, RuleOrigin, SourcePattern, Transform,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PresetStatus {
@@ -124,7 +126,8 @@ impl FromStr for PresetRef {
             let mirror = mirror.strip_prefix('=').filter(|m| !m.is_empty()).ok_or_else(|| {
                 format!("preset {SELF_HOSTED} needs the mirror: {SELF_HOSTED}=harbor.example.com/mirror")
             })?;
-            let target = RepoPrefix::parse(mirror).map_err(|e| format!("preset {SELF_HOSTED}: {e}"))?;
+            let target =
+                RepoPrefix::parse(mirror).map_err(|e| format!("preset {SELF_HOSTED}: {e}"))?;
             return Ok(PresetRef::SelfHosted(target));
         }
         if let Some((_, why)) = RETIRED.iter().find(|(name, _)| *name == text) {
@@ -132,14 +135,19 @@ impl FromStr for PresetRef {
         }
         match PRESETS.iter().find(|p| p.name == text) {
             Some(p) => Ok(PresetRef::Named(p.name)),
-            None => Err(format!("unknown preset {text:?}; known presets: {}", known_names())),
+            None => Err(format!(
+                "unknown preset {text:?}; known presets: {}",
+                known_names()
+            )),
         }
     }
 }
 
 impl<'de> Deserialize<'de> for PresetRef {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -162,7 +170,10 @@ fn known_names() -> String {
 pub fn expand(preset: &PresetRef) -> Result<(Vec<Rule>, Vec<Alias>), String> {
     match preset {
         PresetRef::Named(name) => {
-            let info = PRESETS.iter().find(|p| p.name == *name).ok_or_else(|| format!("unknown preset {name}"))?;
+            let info = PRESETS
+                .iter()
+                .find(|p| p.name == *name)
+                .ok_or_else(|| format!("unknown preset {name}"))?;
             let (mut rules, aliases) = crate::config::parse_rule_specs(info.rules_yaml)
                 .map_err(|e| format!("built-in preset {name} is invalid: {e}"))?;
             for rule in &mut rules {

@@ -59,7 +59,9 @@ pub enum ReferenceError {
     InvalidDigestFormat(String),
     #[error("unsupported digest algorithm ({0})")]
     UnsupportedDigestAlgorithm(String),
-    #[error("invalid checksum digest length: {algorithm} needs {expected} hex characters, got {got}")]
+    #[error(
+        "invalid checksum digest length: {algorithm} needs {expected} hex characters, got {got}"
+    )]
     InvalidDigestLength {
         algorithm: String,
         expected: usize,
@@ -86,7 +88,11 @@ impl Reference {
         if input.is_empty() {
             return Err(ReferenceError::Empty);
         }
-        if input.len() == 64 && input.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        if input.len() == 64
+            && input
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
             return Err(ReferenceError::HexIdentifier);
         }
         let (domain, remainder) = split_docker_domain(input);
@@ -109,7 +115,8 @@ impl Reference {
         validate_path(path)?;
         let library = needs_library_prefix(domain, path);
         // The limit counts the normalised name, `library/` included, as in Go.
-        let name_len = domain.len() + 1 + path.len() + if library { OFFICIAL_PREFIX.len() } else { 0 };
+        let name_len =
+            domain.len() + 1 + path.len() + if library { OFFICIAL_PREFIX.len() } else { 0 };
         if name_len > NAME_TOTAL_LENGTH_MAX {
             return Err(ReferenceError::NameTooLong(name_len));
         }
@@ -167,14 +174,25 @@ impl Reference {
 
     /// The same reference with another tag/digest combination.
     pub fn with_tag_and_digest(&self, tag: Option<String>, digest: Option<String>) -> Self {
-        Self { domain: self.domain.clone(), path: self.path.clone(), tag, digest }
+        Self {
+            domain: self.domain.clone(),
+            path: self.path.clone(),
+            tag,
+            digest,
+        }
     }
 
     /// The familiar (short) form, as `docker` prints it: `nginx:1.25`,
     /// `bitnami/redis`, `quay.io/coreos/etcd`.
     pub fn familiar(&self) -> String {
         let mut s = String::new();
-        if self.domain == DOCKER_HUB {
+        let first_component = self.path.split('/').next().unwrap_or_default();
+        // Go's FamiliarString drops `docker.io/` even when the first path
+        // component would then read as a host (`docker.io/a.b/c` -> `a.b/c`);
+        // keeping the domain there makes the familiar form parse back.
+        if self.domain == DOCKER_HUB
+            && !(self.path.contains('/') && looks_like_domain(first_component))
+        {
             match self.path.strip_prefix(OFFICIAL_PREFIX) {
                 Some(rest) if !rest.contains('/') => s.push_str(rest),
                 _ => s.push_str(&self.path),
@@ -231,7 +249,9 @@ fn split_docker_domain(input: &str) -> (&str, &str) {
 }
 
 fn looks_like_domain(first: &str) -> bool {
-    first.contains(['.', ':']) || first == "localhost" || first.bytes().any(|b| b.is_ascii_uppercase())
+    first.contains(['.', ':'])
+        || first == "localhost"
+        || first.bytes().any(|b| b.is_ascii_uppercase())
 }
 
 fn needs_library_prefix(domain: &str, path: &str) -> bool {
@@ -355,14 +375,21 @@ fn validate_tag(tag: &str) -> Result<(), ReferenceError> {
 fn validate_digest(digest: &str) -> Result<(), ReferenceError> {
     let format_err = || ReferenceError::InvalidDigestFormat(digest.to_string());
     let (algorithm, hex) = digest.split_once(':').ok_or_else(format_err)?;
-    if !is_digest_algorithm(algorithm) || hex.is_empty() || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if !is_digest_algorithm(algorithm)
+        || hex.is_empty()
+        || !hex.bytes().all(|b| b.is_ascii_hexdigit())
+    {
         return Err(format_err());
     }
     let expected = match algorithm {
         "sha256" => 64,
         "sha384" => 96,
         "sha512" => 128,
-        _ => return Err(ReferenceError::UnsupportedDigestAlgorithm(algorithm.to_string())),
+        _ => {
+            return Err(ReferenceError::UnsupportedDigestAlgorithm(
+                algorithm.to_string(),
+            ))
+        }
     };
     if hex.len() != expected {
         return Err(ReferenceError::InvalidDigestLength {
@@ -382,7 +409,9 @@ fn is_digest_algorithm(a: &str) -> bool {
     !a.is_empty()
         && a.split(['+', '.', '-', '_']).all(|c| {
             let b = c.as_bytes();
-            !b.is_empty() && b[0].is_ascii_alphabetic() && b.iter().all(|x| x.is_ascii_alphanumeric())
+            !b.is_empty()
+                && b[0].is_ascii_alphabetic()
+                && b.iter().all(|x| x.is_ascii_alphanumeric())
         })
 }
 

@@ -11,16 +11,33 @@ fn refused(yaml: &str) -> String {
 
 #[test]
 fn embedded_default_loads_and_is_narrow() {
-    let config = Config::from_yaml(EMBEDDED_DEFAULT, "embedded").expect("embedded default must load");
+    let config =
+        Config::from_yaml(EMBEDDED_DEFAULT, "embedded").expect("embedded default must load");
     let set = &config.rules;
     assert_eq!(
-        set.rewrite("registry.k8s.io/pause:3.9").rewritten().as_deref(),
+        set.rewrite("registry.k8s.io/pause:3.9")
+            .rewritten()
+            .as_deref(),
         Some("m.daocloud.io/registry.k8s.io/pause:3.9")
     );
-    assert_eq!(set.rewrite("k8s.gcr.io/pause:3.1").rewritten().as_deref(), Some("m.daocloud.io/k8s.gcr.io/pause:3.1"));
+    assert_eq!(
+        set.rewrite("k8s.gcr.io/pause:3.1").rewritten().as_deref(),
+        Some("m.daocloud.io/k8s.gcr.io/pause:3.1")
+    );
     // Registries that also host private or non-allow-listed images stay as they are.
-    for image in ["nginx", "quay.io/x/y", "ghcr.io/o/i", "gcr.io/my-project/app", "mcr.microsoft.com/x", "localhost:5000/a"] {
-        assert_eq!(set.rewrite(image).rewritten(), None, "{image} must not be rewritten by default");
+    for image in [
+        "nginx",
+        "quay.io/x/y",
+        "ghcr.io/o/i",
+        "gcr.io/my-project/app",
+        "mcr.microsoft.com/x",
+        "localhost:5000/a",
+    ] {
+        assert_eq!(
+            set.rewrite(image).rewritten(),
+            None,
+            "{image} must not be rewritten by default"
+        );
     }
     assert_eq!(Config::embedded_default().rules.rules().len(), 2);
 }
@@ -51,7 +68,10 @@ fn errors_carry_file_line_and_reason() {
     ];
     for (yaml, location, reason) in cases {
         let e = refused(yaml);
-        assert!(e.starts_with(location), "{e:?} should start with {location:?}");
+        assert!(
+            e.starts_with(location),
+            "{e:?} should start with {location:?}"
+        );
         assert!(e.contains(reason), "{e:?} should contain {reason:?}");
     }
 }
@@ -60,19 +80,28 @@ fn errors_carry_file_line_and_reason() {
 fn empty_file_is_an_empty_config() {
     let config = Config::from_yaml("", "empty.yaml").unwrap();
     assert!(config.rules.rules().is_empty());
-    assert_eq!(config.rules.rewrite("auto"), crate::rules::Outcome::Placeholder);
+    assert_eq!(
+        config.rules.rewrite("auto"),
+        crate::rules::Outcome::Placeholder
+    );
 }
 
 #[test]
 fn hostile_inputs_are_refused_without_panic() {
     let big = "#".repeat((MAX_CONFIG_BYTES + 1) as usize);
-    assert!(matches!(Config::from_yaml(&big, "big.yaml"), Err(ConfigError::TooLarge { .. })));
+    assert!(matches!(
+        Config::from_yaml(&big, "big.yaml"),
+        Err(ConfigError::TooLarge { .. })
+    ));
     // Alias expansion bomb ("billion laughs").
     let bomb = "a: &a [x,x,x,x,x,x,x,x,x]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\nd: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]\ne: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]\nf: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]\ng: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]\nrules: *g\n";
     assert!(Config::from_yaml(bomb, "bomb.yaml").is_err());
     let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
     assert!(Config::from_yaml(&deep, "deep.yaml").is_err());
-    assert!(matches!(Config::load(Path::new("/nonexistent/detour.yaml")), Err(ConfigError::Read { .. })));
+    assert!(matches!(
+        Config::load(Path::new("/nonexistent/detour.yaml")),
+        Err(ConfigError::Read { .. })
+    ));
 }
 
 #[test]
@@ -82,7 +111,16 @@ fn user_rules_take_precedence_over_presets_with_the_same_source() {
         "t.yaml",
     )
     .unwrap();
-    assert_eq!(config.rules.rewrite("registry.k8s.io/pause").rewritten().as_deref(), Some("mine.example/pause"));
-    assert_eq!(config.rules.rewrite("ghcr.io/o/i").rewritten().as_deref(), Some("ghcr.lank8s.cn/o/i"));
+    assert_eq!(
+        config
+            .rules
+            .rewrite("registry.k8s.io/pause")
+            .rewritten()
+            .as_deref(),
+        Some("mine.example/pause")
+    );
+    assert_eq!(
+        config.rules.rewrite("ghcr.io/o/i").rewritten().as_deref(),
+        Some("ghcr.lank8s.cn/o/i")
+    );
 }
-

@@ -4,7 +4,9 @@ use super::*;
 use crate::config::Config;
 
 fn with(preset: &str) -> crate::rules::RuleSet {
-    Config::from_yaml(&format!("presets: ['{preset}']"), "t.yaml").unwrap_or_else(|e| panic!("{e}")).rules
+    Config::from_yaml(&format!("presets: ['{preset}']"), "t.yaml")
+        .unwrap_or_else(|e| panic!("{e}"))
+        .rules
 }
 
 fn check(preset: &str, cases: &[(&str, Option<&str>)]) {
@@ -13,7 +15,11 @@ fn check(preset: &str, cases: &[(&str, Option<&str>)]) {
         let got = set.rewrite(input).rewritten();
         assert_eq!(got.as_deref(), *expected, "preset {preset}: {input}");
         if let Some(out) = &got {
-            assert_eq!(set.rewrite(out).rewritten(), None, "preset {preset}: {out} must be left alone");
+            assert_eq!(
+                set.rewrite(out).rewritten(),
+                None,
+                "preset {preset}: {out} must be left alone"
+            );
         }
     }
 }
@@ -25,58 +31,122 @@ fn every_preset_loads_with_status_and_date() {
     for p in PRESETS {
         let set = with(p.name);
         assert!(!set.rules().is_empty(), "{}", p.name);
-        assert!(p.newest_info.len() == 10 && p.newest_info.starts_with("20"), "{}", p.name);
+        assert!(
+            p.newest_info.len() == 10 && p.newest_info.starts_with("20"),
+            "{}",
+            p.name
+        );
         assert!(set.rules().iter().all(|r| r.name.starts_with(p.name)));
     }
 }
 
 #[test]
 fn daocloud_prefix_and_host_modes() {
-    check("daocloud", &[
-        ("registry.k8s.io/coredns/coredns:v1.11.1", Some("m.daocloud.io/registry.k8s.io/coredns/coredns:v1.11.1")),
-        ("gcr.io/kubebuilder/kube-rbac-proxy:v0.8.0", Some("m.daocloud.io/gcr.io/kubebuilder/kube-rbac-proxy:v0.8.0")),
-        ("nginx", None),
-        ("quay.io/coreos/etcd", None),
-    ]);
-    check("daocloud-hosts", &[
-        ("registry.k8s.io/coredns/coredns", Some("k8s.m.daocloud.io/coredns/coredns")),
-        ("k8s.gcr.io/pause:3.1", Some("k8s-gcr.m.daocloud.io/pause:3.1")),
-        (&format!("gcr.io/a/b:1@{D}"), Some(&format!("gcr.m.daocloud.io/a/b:1@{D}"))),
-    ]);
+    check(
+        "daocloud",
+        &[
+            (
+                "registry.k8s.io/coredns/coredns:v1.11.1",
+                Some("m.daocloud.io/registry.k8s.io/coredns/coredns:v1.11.1"),
+            ),
+            (
+                "gcr.io/kubebuilder/kube-rbac-proxy:v0.8.0",
+                Some("m.daocloud.io/gcr.io/kubebuilder/kube-rbac-proxy:v0.8.0"),
+            ),
+            ("nginx", None),
+            ("quay.io/coreos/etcd", None),
+        ],
+    );
+    check(
+        "daocloud-hosts",
+        &[
+            (
+                "registry.k8s.io/coredns/coredns",
+                Some("k8s.m.daocloud.io/coredns/coredns"),
+            ),
+            (
+                "k8s.gcr.io/pause:3.1",
+                Some("k8s-gcr.m.daocloud.io/pause:3.1"),
+            ),
+            (
+                &format!("gcr.io/a/b:1@{D}"),
+                Some(&format!("gcr.m.daocloud.io/a/b:1@{D}")),
+            ),
+        ],
+    );
 }
 
 #[test]
 fn lank8s_sjtu_nju() {
-    check("lank8s", &[
-        ("k8s.gcr.io/pause:3.1", Some("lank8s.cn/pause:3.1")),
-        ("registry.k8s.io/ingress-nginx/controller:v1.3.1", Some("registry.lank8s.cn/ingress-nginx/controller:v1.3.1")),
-        ("ghcr.io/org/img", Some("ghcr.lank8s.cn/org/img")),
-        ("quay.io/org/img", None),
-    ]);
-    check("sjtu", &[
-        ("registry.k8s.io/pause:3.9", Some("registry-k8s-io.mirrors.sjtug.sjtu.edu.cn/pause:3.9")),
-        ("k8s.gcr.io/pause:3.1", None),
-        ("nginx", None),
-    ]);
-    check("nju", &[
-        ("nginx:1.25", Some("docker.nju.edu.cn/library/nginx:1.25")),
-        ("registry.k8s.io/sig-storage/nfs-provisioner:v4.0.8", Some("k8s.nju.edu.cn/sig-storage/nfs-provisioner:v4.0.8")),
-        ("k8s.gcr.io/x", Some("k8s-gcr.nju.edu.cn/x")),
-    ]);
+    check(
+        "lank8s",
+        &[
+            ("k8s.gcr.io/pause:3.1", Some("lank8s.cn/pause:3.1")),
+            (
+                "registry.k8s.io/ingress-nginx/controller:v1.3.1",
+                Some("registry.lank8s.cn/ingress-nginx/controller:v1.3.1"),
+            ),
+            ("ghcr.io/org/img", Some("ghcr.lank8s.cn/org/img")),
+            ("quay.io/org/img", None),
+        ],
+    );
+    check(
+        "sjtu",
+        &[
+            (
+                "registry.k8s.io/pause:3.9",
+                Some("registry-k8s-io.mirrors.sjtug.sjtu.edu.cn/pause:3.9"),
+            ),
+            ("k8s.gcr.io/pause:3.1", None),
+            ("nginx", None),
+        ],
+    );
+    check(
+        "nju",
+        &[
+            ("nginx:1.25", Some("docker.nju.edu.cn/library/nginx:1.25")),
+            (
+                "registry.k8s.io/sig-storage/nfs-provisioner:v4.0.8",
+                Some("k8s.nju.edu.cn/sig-storage/nfs-provisioner:v4.0.8"),
+            ),
+            ("k8s.gcr.io/x", Some("k8s-gcr.nju.edu.cn/x")),
+        ],
+    );
 }
 
 #[test]
 fn aliyun_flattens_renames_allow_lists_and_skips_digests() {
-    check("aliyun", &[
-        ("registry.k8s.io/pause:3.9", Some("registry.aliyuncs.com/google_containers/pause:3.9")),
-        ("registry.k8s.io/coredns/coredns:v1.11.3", Some("registry.aliyuncs.com/google_containers/coredns:v1.11.3")),
-        ("registry.k8s.io/sig-storage/csi-node-driver-registrar:v2.13.0", Some("registry.aliyuncs.com/google_containers/csi-node-driver-registrar:v2.13.0")),
-        ("registry.k8s.io/ingress-nginx/controller:v1.6.4", Some("registry.aliyuncs.com/google_containers/nginx-ingress-controller:v1.6.4")),
-        ("registry.k8s.io/ingress-nginx/kube-webhook-certgen:v1.4.0", Some("registry.aliyuncs.com/google_containers/kube-webhook-certgen:v1.4.0")),
-        ("registry.k8s.io/some/other-image:v1", None),
-        (&format!("registry.k8s.io/pause:3.9@{D}"), None),
-        ("k8s.gcr.io/coredns:1.7.0", Some("registry.aliyuncs.com/google_containers/coredns:1.7.0")),
-    ]);
+    check(
+        "aliyun",
+        &[
+            (
+                "registry.k8s.io/pause:3.9",
+                Some("registry.aliyuncs.com/google_containers/pause:3.9"),
+            ),
+            (
+                "registry.k8s.io/coredns/coredns:v1.11.3",
+                Some("registry.aliyuncs.com/google_containers/coredns:v1.11.3"),
+            ),
+            (
+                "registry.k8s.io/sig-storage/csi-node-driver-registrar:v2.13.0",
+                Some("registry.aliyuncs.com/google_containers/csi-node-driver-registrar:v2.13.0"),
+            ),
+            (
+                "registry.k8s.io/ingress-nginx/controller:v1.6.4",
+                Some("registry.aliyuncs.com/google_containers/nginx-ingress-controller:v1.6.4"),
+            ),
+            (
+                "registry.k8s.io/ingress-nginx/kube-webhook-certgen:v1.4.0",
+                Some("registry.aliyuncs.com/google_containers/kube-webhook-certgen:v1.4.0"),
+            ),
+            ("registry.k8s.io/some/other-image:v1", None),
+            (&format!("registry.k8s.io/pause:3.9@{D}"), None),
+            (
+                "k8s.gcr.io/coredns:1.7.0",
+                Some("registry.aliyuncs.com/google_containers/coredns:1.7.0"),
+            ),
+        ],
+    );
 }
 
 #[test]
@@ -91,20 +161,47 @@ fn anjia0532_joins_and_refuses_digests() {
 
 #[test]
 fn self_hosted_template_keeps_source_host_and_leaves_its_own_registry() {
-    check("self-hosted=harbor.example.com/mirror", &[
-        ("nginx", Some("harbor.example.com/mirror/docker.io/library/nginx")),
-        ("registry.k8s.io/coredns/coredns:v1", Some("harbor.example.com/mirror/registry.k8s.io/coredns/coredns:v1")),
-        ("registry.k8s.io/coredns:1.7.0", Some("harbor.example.com/mirror/registry.k8s.io/coredns:1.7.0")),
-        ("harbor.example.com/team/app:1", None),
-        ("harbor.example.com/mirror/quay.io/x/y", None),
-    ]);
+    check(
+        "self-hosted=harbor.example.com/mirror",
+        &[
+            (
+                "nginx",
+                Some("harbor.example.com/mirror/docker.io/library/nginx"),
+            ),
+            (
+                "registry.k8s.io/coredns/coredns:v1",
+                Some("harbor.example.com/mirror/registry.k8s.io/coredns/coredns:v1"),
+            ),
+            (
+                "registry.k8s.io/coredns:1.7.0",
+                Some("harbor.example.com/mirror/registry.k8s.io/coredns:1.7.0"),
+            ),
+            ("harbor.example.com/team/app:1", None),
+            ("harbor.example.com/mirror/quay.io/x/y", None),
+        ],
+    );
 }
 
 #[test]
 fn retired_and_unknown_presets_are_refused_by_name() {
-    assert!("ustc".parse::<PresetRef>().unwrap_err().contains("shut down"));
-    assert!("azk8s".parse::<PresetRef>().unwrap_err().contains("Azure China"));
-    assert!("usct".parse::<PresetRef>().unwrap_err().contains("known presets"));
+    assert!("ustc"
+        .parse::<PresetRef>()
+        .unwrap_err()
+        .contains("shut down"));
+    assert!("azk8s"
+        .parse::<PresetRef>()
+        .unwrap_err()
+        .contains("Azure China"));
+    assert!("usct"
+        .parse::<PresetRef>()
+        .unwrap_err()
+        .contains("known presets"));
     assert!("self-hosted=NotAHost".parse::<PresetRef>().is_err());
-    assert_eq!("self-hosted=h.example/m".parse::<PresetRef>().unwrap().to_string(), "self-hosted=h.example/m");
+    assert_eq!(
+        "self-hosted=h.example/m"
+            .parse::<PresetRef>()
+            .unwrap()
+            .to_string(),
+        "self-hosted=h.example/m"
+    );
 }

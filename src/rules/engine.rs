@@ -18,7 +18,9 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::pattern::{component_prefixes, host_as_path_component, HostPattern, RepoPrefix, RepoSet, SourcePattern};
+use super::pattern::{
+    component_prefixes, host_as_path_component, HostPattern, RepoPrefix, RepoSet, SourcePattern,
+};
 use super::{digest_decline, DigestPolicy, Rule, Transform};
 use crate::reference::{Reference, ReferenceError};
 
@@ -46,14 +48,18 @@ impl std::fmt::Display for Decline {
         match self {
             Decline::NotAllowed => f.write_str("repository is not on the rule's allow-list"),
             Decline::Skipped => f.write_str("repository is on the rule's skip list"),
-            Decline::DigestSkipped => f.write_str("reference has a digest and the rule skips digests"),
-            Decline::DigestOnlyWithDrop => {
-                f.write_str("reference has only a digest and the rule drops digests (no tag would remain)")
+            Decline::DigestSkipped => {
+                f.write_str("reference has a digest and the rule skips digests")
             }
-            Decline::DigestRequired => f.write_str("reference has no digest and the rule requires one"),
-            Decline::HostNotRepresentable => {
-                f.write_str("registry host cannot be written as a path component (port, IPv6 or uppercase)")
+            Decline::DigestOnlyWithDrop => f.write_str(
+                "reference has only a digest and the rule drops digests (no tag would remain)",
+            ),
+            Decline::DigestRequired => {
+                f.write_str("reference has no digest and the rule requires one")
             }
+            Decline::HostNotRepresentable => f.write_str(
+                "registry host cannot be written as a path component (port, IPv6 or uppercase)",
+            ),
             Decline::InvalidResult(e) => write!(f, "result would not be a valid reference: {e}"),
         }
     }
@@ -75,7 +81,9 @@ pub enum Unchanged {
 impl std::fmt::Display for Unchanged {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Unchanged::Placeholder => f.write_str("placeholder image that another webhook replaces"),
+            Unchanged::Placeholder => {
+                f.write_str("placeholder image that another webhook replaces")
+            }
             Unchanged::AlreadyOnMirror(t) => write!(f, "already on the mirror {t}"),
             Unchanged::GlobalSkip => f.write_str("on the global skip list"),
             Unchanged::NoRule => f.write_str("no rule covers this registry"),
@@ -153,8 +161,17 @@ pub struct RuleSet {
 impl RuleSet {
     /// Indexes `rules` in precedence order: among rules with the same source,
     /// the earlier one is tried first.
-    pub fn new(rules: Vec<Rule>, aliases: Vec<Alias>, skip: RepoSet, placeholders: Vec<String>) -> Self {
-        let mut set = RuleSet { skip, placeholders: placeholders.into_iter().collect(), ..Default::default() };
+    pub fn new(
+        rules: Vec<Rule>,
+        aliases: Vec<Alias>,
+        skip: RepoSet,
+        placeholders: Vec<String>,
+    ) -> Self {
+        let mut set = RuleSet {
+            skip,
+            placeholders: placeholders.into_iter().collect(),
+            ..Default::default()
+        };
         for (i, rule) in rules.iter().enumerate() {
             let key = rule.source.key();
             let bucket = match (&rule.transform, &rule.source.host) {
@@ -206,7 +223,10 @@ impl RuleSet {
     pub fn explain(&self, image: &str) -> Explanation<'_> {
         let mut trace = Some(Vec::new());
         let outcome = self.evaluate(image, &mut trace);
-        Explanation { outcome, candidates: trace.unwrap_or_default() }
+        Explanation {
+            outcome,
+            candidates: trace.unwrap_or_default(),
+        }
     }
 
     fn evaluate(&self, image: &str, trace: &mut Option<Vec<Candidate>>) -> Outcome<'_> {
@@ -219,7 +239,9 @@ impl RuleSet {
         };
         let host = reference.domain_lower();
         let key = repo_key(&host, reference.path());
-        if let Some(mirror) = component_prefixes(&key, host.len()).find(|k| self.mirrors.contains(*k)) {
+        if let Some(mirror) =
+            component_prefixes(&key, host.len()).find(|k| self.mirrors.contains(*k))
+        {
             let mirror = mirror.to_string();
             return Outcome::Unchanged(reference, Unchanged::AlreadyOnMirror(mirror));
         }
@@ -234,7 +256,9 @@ impl RuleSet {
             if let Some((alias, aliased)) = self.alias_for(&reference, &key, host.len()) {
                 let alias_host = aliased.domain_lower();
                 let alias_key = repo_key(&alias_host, aliased.path());
-                if let Some(found) = self.search(&aliased, &alias_host, &alias_key, true, trace, &mut covered) {
+                if let Some(found) =
+                    self.search(&aliased, &alias_host, &alias_key, true, trace, &mut covered)
+                {
                     if direct_tier.is_none_or(|s| found.spec > s) {
                         chosen = Some((found, Some(alias)));
                     }
@@ -242,16 +266,31 @@ impl RuleSet {
             }
         }
         match chosen {
-            Some((Found { result: Some(to), rule, .. }, alias)) => {
+            Some((
+                Found {
+                    result: Some(to),
+                    rule,
+                    ..
+                },
+                alias,
+            )) => {
                 if to == reference {
                     Outcome::Unchanged(reference, Unchanged::AlreadyOnMirror(to.repository()))
                 } else {
-                    Outcome::Rewritten { from: reference, to, rule, alias }
+                    Outcome::Rewritten {
+                        from: reference,
+                        to,
+                        rule,
+                        alias,
+                    }
                 }
             }
-            Some((Found { result: None, rule, .. }, _)) => {
-                Outcome::Unchanged(reference, Unchanged::Kept(rule.name.clone()))
-            }
+            Some((
+                Found {
+                    result: None, rule, ..
+                },
+                _,
+            )) => Outcome::Unchanged(reference, Unchanged::Kept(rule.name.clone())),
             None if covered => Outcome::Unchanged(reference, Unchanged::Declined),
             None => Outcome::Unchanged(reference, Unchanged::NoRule),
         }
@@ -293,7 +332,9 @@ impl RuleSet {
         }
         for prefix in component_prefixes(key, host.len()) {
             if let Some(ids) = self.exact.get(prefix) {
-                if let Some(found) = try_bucket(ids, Specificity(TIER_EXACT, depth(prefix, host.len()), 0)) {
+                if let Some(found) =
+                    try_bucket(ids, Specificity(TIER_EXACT, depth(prefix, host.len()), 0))
+                {
                     return Some(found);
                 }
             }
@@ -312,7 +353,8 @@ impl RuleSet {
                 let wild_key = repo_key(&wild_host, r.path());
                 for prefix in component_prefixes(&wild_key, wild_host.len()) {
                     if let Some(ids) = self.subdomains.get(prefix) {
-                        let spec = Specificity(TIER_SUBDOMAIN, labels, depth(prefix, wild_host.len()));
+                        let spec =
+                            Specificity(TIER_SUBDOMAIN, labels, depth(prefix, wild_host.len()));
                         if let Some(found) = try_bucket(ids, spec) {
                             return Some(found);
                         }
@@ -328,12 +370,17 @@ impl RuleSet {
         if self.aliases.is_empty() {
             return None;
         }
-        let (prefix, &idx) = component_prefixes(key, host_len).find_map(|k| self.aliases.get(k).map(|i| (k, i)))?;
+        let (prefix, &idx) =
+            component_prefixes(key, host_len).find_map(|k| self.aliases.get(k).map(|i| (k, i)))?;
         let alias = &self.alias_list[idx];
         let rest = key[prefix.len()..].trim_start_matches('/');
         let path = alias.to.join_path(rest);
         let aliased = Reference::parse(&format!("{}/{}", alias.to.domain, path)).ok()?;
-        Some((alias, aliased.with_tag_and_digest(r.tag().map(str::to_string), r.digest().map(str::to_string))))
+        Some((
+            alias,
+            aliased
+                .with_tag_and_digest(r.tag().map(str::to_string), r.digest().map(str::to_string)),
+        ))
     }
 }
 
@@ -383,7 +430,10 @@ fn apply(rule: &Rule, host: &str, r: &Reference) -> Result<Reference, Decline> {
             if !host_as_path_component(host) {
                 return Err(Decline::HostNotRepresentable);
             }
-            (t.domain.as_str(), t.join_path(&format!("{host}/{}", r.path())))
+            (
+                t.domain.as_str(),
+                t.join_path(&format!("{host}/{}", r.path())),
+            )
         }
         Transform::Flatten(t) => {
             let last = r.path().rsplit('/').next().unwrap_or_default();
@@ -401,7 +451,11 @@ fn apply(rule: &Rule, host: &str, r: &Reference) -> Result<Reference, Decline> {
         }
         Transform::Rename(t) => (t.domain.as_str(), t.path.clone()),
         // `accept` answers for keep rules before calling apply.
-        Transform::Keep => return Err(Decline::InvalidResult("an exception rule does not rewrite".into())),
+        Transform::Keep => {
+            return Err(Decline::InvalidResult(
+                "an exception rule does not rewrite".into(),
+            ))
+        }
     };
     let digest = match rule.digests {
         DigestPolicy::Drop => None,

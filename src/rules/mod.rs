@@ -55,10 +55,14 @@ impl Transform {
     /// Where this transform sends images; `None` for [`Transform::Keep`].
     pub fn target(&self) -> Option<RepoPrefix> {
         match self {
-            Transform::Host(domain) => Some(RepoPrefix { domain: domain.clone(), path: String::new() }),
-            Transform::Prefix(t) | Transform::FullReference(t) | Transform::Flatten(t) | Transform::Rename(t) => {
-                Some(t.clone())
-            }
+            Transform::Host(domain) => Some(RepoPrefix {
+                domain: domain.clone(),
+                path: String::new(),
+            }),
+            Transform::Prefix(t)
+            | Transform::FullReference(t)
+            | Transform::Flatten(t)
+            | Transform::Rename(t) => Some(t.clone()),
             Transform::Join { target, .. } => Some(target.clone()),
             Transform::Keep => None,
         }
@@ -80,6 +84,18 @@ pub enum DigestPolicy {
     Skip,
     /// Rewrite only references with a digest (tags move; digests do not).
     Require,
+}
+
+impl DigestPolicy {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DigestPolicy::Keep => "keep",
+            DigestPolicy::Drop => "drop",
+            DigestPolicy::Skip => "skip",
+            DigestPolicy::Require => "require",
+        }
+    }
 }
 
 /// Where a rule came from, for explanations and metrics.

@@ -55,7 +55,10 @@ impl SourcePattern {
             return err("source is empty: write a registry host such as quay.io, *.gcr.io, or *");
         }
         if text == "*" {
-            return Ok(Self { host: HostPattern::Any, path: String::new() });
+            return Ok(Self {
+                host: HostPattern::Any,
+                path: String::new(),
+            });
         }
         let (host, path) = match text.split_once('/') {
             Some((h, p)) => (h, p),
@@ -66,7 +69,10 @@ impl SourcePattern {
         }
         if let Some(suffix) = host.strip_prefix("*.") {
             validate_domain(suffix).map_err(|e| PatternError(format!("source {text:?}: {e}")))?;
-            return Ok(Self { host: HostPattern::Subdomains(suffix.to_ascii_lowercase()), path: path.to_string() });
+            return Ok(Self {
+                host: HostPattern::Subdomains(suffix.to_ascii_lowercase()),
+                path: path.to_string(),
+            });
         }
         if host.contains('*') {
             return err(format!("source {text:?}: a wildcard may only be a whole leading label (*.example.com) or * alone"));
@@ -77,7 +83,10 @@ impl SourcePattern {
             ));
         }
         validate_domain(host).map_err(|e| PatternError(format!("source {text:?}: {e}")))?;
-        Ok(Self { host: HostPattern::Exact(canonical_host(host)), path: path.to_string() })
+        Ok(Self {
+            host: HostPattern::Exact(canonical_host(host)),
+            path: path.to_string(),
+        })
     }
 
     /// The index key: `host`, `*.suffix`, or `*`, then `/path` if any.
@@ -117,8 +126,14 @@ impl RepoPrefix {
         if text.is_empty() {
             return err("target is empty");
         }
-        if text.contains('@') || text.split_once('/').is_some_and(|(_, path)| path.contains(':')) {
-            return err(format!("target {text:?} must be a registry and path prefix, without tag or digest"));
+        if text.contains('@')
+            || text
+                .split_once('/')
+                .is_some_and(|(_, path)| path.contains(':'))
+        {
+            return err(format!(
+                "target {text:?} must be a registry and path prefix, without tag or digest"
+            ));
         }
         let (domain, path) = match text.split_once('/') {
             Some((d, p)) => (d, p),
@@ -133,7 +148,10 @@ impl RepoPrefix {
         if !path.is_empty() {
             validate_path(path).map_err(|e| PatternError(format!("target {text:?}: {e}")))?;
         }
-        Ok(Self { domain: canonical_host(domain), path: path.to_string() })
+        Ok(Self {
+            domain: canonical_host(domain),
+            path: path.to_string(),
+        })
     }
 
     /// `domain[/path]` with the domain lowercased: the idempotency key.
@@ -201,7 +219,11 @@ impl RepoSet {
         if !path.is_empty() {
             validate_path(path).map_err(|e| PatternError(format!("pattern {text:?}: {e}")))?;
         }
-        let key = if path.is_empty() { canonical_host(host) } else { format!("{}/{}", canonical_host(host), path) };
+        let key = if path.is_empty() {
+            canonical_host(host)
+        } else {
+            format!("{}/{}", canonical_host(host), path)
+        };
         if is_prefix || path.is_empty() {
             self.prefixes.insert(key);
         } else {
@@ -246,7 +268,11 @@ pub(crate) fn component_prefixes(key: &str, host_len: usize) -> impl Iterator<It
     let mut end = Some(key.len());
     std::iter::from_fn(move || {
         let current = end?;
-        end = if current <= host_len { None } else { key[..current].rfind('/').filter(|&i| i >= host_len) };
+        end = if current <= host_len {
+            None
+        } else {
+            key[..current].rfind('/').filter(|&i| i >= host_len)
+        };
         Some(&key[..current])
     })
 }
@@ -271,29 +297,68 @@ mod tests {
 
     #[test]
     fn source_patterns() {
-        assert_eq!(SourcePattern::parse("Quay.IO").unwrap().host, HostPattern::Exact("quay.io".into()));
-        assert_eq!(SourcePattern::parse("index.docker.io/library").unwrap().key(), "docker.io/library");
-        assert_eq!(SourcePattern::parse("*.gcr.io").unwrap().host, HostPattern::Subdomains("gcr.io".into()));
+        assert_eq!(
+            SourcePattern::parse("Quay.IO").unwrap().host,
+            HostPattern::Exact("quay.io".into())
+        );
+        assert_eq!(
+            SourcePattern::parse("index.docker.io/library")
+                .unwrap()
+                .key(),
+            "docker.io/library"
+        );
+        assert_eq!(
+            SourcePattern::parse("*.gcr.io").unwrap().host,
+            HostPattern::Subdomains("gcr.io".into())
+        );
         assert_eq!(SourcePattern::parse("*").unwrap().host, HostPattern::Any);
-        assert_eq!(SourcePattern::parse("quay.io:443/org").unwrap().key(), "quay.io:443/org");
-        for bad in ["", "nginx", "library/nginx", "gcr.*.io", "quay.io/Org", "quay.io//x", "a_b.io"] {
-            assert!(SourcePattern::parse(bad).is_err(), "{bad:?} should be refused");
+        assert_eq!(
+            SourcePattern::parse("quay.io:443/org").unwrap().key(),
+            "quay.io:443/org"
+        );
+        for bad in [
+            "",
+            "nginx",
+            "library/nginx",
+            "gcr.*.io",
+            "quay.io/Org",
+            "quay.io//x",
+            "a_b.io",
+        ] {
+            assert!(
+                SourcePattern::parse(bad).is_err(),
+                "{bad:?} should be refused"
+            );
         }
     }
 
     #[test]
     fn targets() {
         let t = RepoPrefix::parse("registry.aliyuncs.com/google_containers/").unwrap();
-        assert_eq!((t.domain.as_str(), t.path.as_str()), ("registry.aliyuncs.com", "google_containers"));
-        assert_eq!(RepoPrefix::parse("localhost:5000").unwrap().key(), "localhost:5000");
-        for bad in ["", "mirror", "anjia0532/x", "quay.io/x:tag", "quay.io/x@sha256:00", "quay.io/UP"] {
+        assert_eq!(
+            (t.domain.as_str(), t.path.as_str()),
+            ("registry.aliyuncs.com", "google_containers")
+        );
+        assert_eq!(
+            RepoPrefix::parse("localhost:5000").unwrap().key(),
+            "localhost:5000"
+        );
+        for bad in [
+            "",
+            "mirror",
+            "anjia0532/x",
+            "quay.io/x:tag",
+            "quay.io/x@sha256:00",
+            "quay.io/UP",
+        ] {
             assert!(RepoPrefix::parse(bad).is_err(), "{bad:?} should be refused");
         }
     }
 
     #[test]
     fn repo_sets_match_at_boundaries() {
-        let set = RepoSet::parse(&["docker.io/library/nginx", "ghcr.io/org/**", "Quay.io"]).unwrap();
+        let set =
+            RepoSet::parse(&["docker.io/library/nginx", "ghcr.io/org/**", "Quay.io"]).unwrap();
         assert!(set.contains("docker.io", "library/nginx"));
         assert!(!set.contains("docker.io", "library/nginx2"));
         assert!(!set.contains("docker.io", "library/nginx/sub"));
