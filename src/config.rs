@@ -49,6 +49,8 @@ pub struct Config {
     pub origin: String,
     pub presets: Vec<PresetRef>,
     pub rules: RuleSet,
+    pub mode: GlobalMode,
+    pub pull_policy_never: NeverPolicy,
 }
 
 /// The file format. Field documentation is in the README ("Configuration").
@@ -65,6 +67,30 @@ struct ConfigFile {
     skip: Vec<RepoPattern>,
     #[serde(default = "default_placeholders")]
     placeholders: Vec<String>,
+    #[serde(default)]
+    mode: GlobalMode,
+    #[serde(default)]
+    pull_policy_never: NeverPolicy,
+}
+
+/// `mode:` in the file. `audit` forces audit on every path; `enforce` lets
+/// the request path choose (`/mutate` enforces, `/audit` audits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GlobalMode {
+    #[default]
+    Enforce,
+    Audit,
+}
+
+/// What to do with containers whose `imagePullPolicy` is `Never`: their
+/// image must already be on the node, under the name written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NeverPolicy {
+    #[default]
+    Skip,
+    Rewrite,
 }
 
 fn default_placeholders() -> Vec<String> {
@@ -297,6 +323,8 @@ impl Config {
                 origin: "empty".into(),
                 presets: vec![],
                 rules: RuleSet::default(),
+                mode: GlobalMode::default(),
+                pull_policy_never: NeverPolicy::default(),
             }
         })
     }
@@ -348,6 +376,8 @@ impl Config {
             origin: origin.to_string(),
             presets: preset_refs,
             rules: RuleSet::new(rules, aliases, skip, file.placeholders),
+            mode: file.mode,
+            pull_policy_never: file.pull_policy_never,
         })
     }
 }

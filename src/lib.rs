@@ -5,6 +5,7 @@
 //! pure core; [`config`] and [`presets`] build rules from files; [`manifest`]
 //! applies them to Kubernetes objects; transport and runtime wiring sit on top.
 
+pub mod admission;
 pub mod cli;
 pub mod commands;
 pub mod config;

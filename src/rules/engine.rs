@@ -177,7 +177,10 @@ impl RuleSet {
             let bucket = match (&rule.transform, &rule.source.host) {
                 (Transform::Rename(_), _) => set.renames.entry(key).or_default(),
                 (_, HostPattern::Exact(_)) => set.exact.entry(key).or_default(),
-                (_, HostPattern::Subdomains(_)) => set.subdomains.entry(key).or_default(),
+                (_, HostPattern::Subdomains(_)) => set
+                    .subdomains
+                    .entry(key.trim_start_matches("*.").to_string())
+                    .or_default(),
                 (_, HostPattern::Any) => &mut set.any,
             };
             bucket.push(i);
@@ -340,21 +343,19 @@ impl RuleSet {
             }
         }
         if !self.subdomains.is_empty() && !host.starts_with('[') {
-            let (hostname, port) = match host.split_once(':') {
-                Some((h, _)) => (h, &host[h.len()..]),
-                None => (host, ""),
-            };
-            let mut rest = hostname;
-            let mut labels = hostname.split('.').count();
-            while let Some(dot) = rest.find('.') {
-                rest = &rest[dot + 1..];
+            // Subdomain rules are keyed by their bare suffix (`gcr.io[:port][/path]`),
+            // so each candidate is a slice of `key`: no allocation per label.
+            let hostname_len = host.find(':').unwrap_or(host.len());
+            let mut labels = host[..hostname_len].split('.').count();
+            let mut start = 0;
+            while let Some(dot) = key[start..hostname_len].find('.') {
+                start += dot + 1;
                 labels -= 1;
-                let wild_host = format!("*.{rest}{port}");
-                let wild_key = repo_key(&wild_host, r.path());
-                for prefix in component_prefixes(&wild_key, wild_host.len()) {
+                let suffix_key = &key[start..];
+                for prefix in component_prefixes(suffix_key, host.len() - start) {
                     if let Some(ids) = self.subdomains.get(prefix) {
                         let spec =
-                            Specificity(TIER_SUBDOMAIN, labels, depth(prefix, wild_host.len()));
+                            Specificity(TIER_SUBDOMAIN, labels, depth(prefix, host.len() - start));
                         if let Some(found) = try_bucket(ids, spec) {
                             return Some(found);
                         }

@@ -1,0 +1,336 @@
+//! AdmissionReview in, AdmissionReview out: the webhook's domain logic.
+//!
+//! Layer: pure core (no I/O, no logging). The HTTP layer hands over the body
+//! bytes and the mode that the request path selects; this module returns the
+//! response bytes and a [`Summary`] for logs and metrics.
+//!
+//! The request envelope is decoded zero-copy: `object` and `oldObject` stay
+//! raw JSON until the kind, resource and operation say they are ours, and then
+//! only [`pod::PodView`]'s fields are read. (kube's `AdmissionReview<T>`
+//! flattens its type meta, which makes serde buffer the whole body first.)
+//! Responses are kube's typed `AdmissionResponse`, built from a typed
+//! `AdmissionRequest`, so uid and apiVersion are echoed by construction; a
+//! `v1beta1` request is answered in `v1beta1`.
+
+pub mod pod;
+
+use std::collections::HashMap;
+
+use base64::Engine as _;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
+use kube::core::{DynamicObject, GroupVersionKind, GroupVersionResource, TypeMeta};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::config::{Config, GlobalMode};
+use pod::{ContainerSkip, ImageChange, Plan, PodSkip, PodView, Scope};
+
+/// How a request is answered: patched, or only reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Enforce,
+    Audit,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Audit => "audit",
+        }
+    }
+}
+
+/// kubectl prints warnings; Kubernetes asks for at most 120 characters.
+pub const MAX_WARNING_CHARS: usize = 120;
+/// The audit annotation key (the apiserver prefixes the webhook name).
+pub const AUDIT_ANNOTATION: &str = "would-rewrite";
+
+/// A request the webhook cannot read at all: answered 400.
+#[derive(Debug, thiserror::Error)]
+pub enum ReviewError {
+    #[error("malformed AdmissionReview: {0}")]
+    Malformed(String),
+    #[error("AdmissionReview has no request")]
+    MissingRequest,
+}
+
+/// What happened, for logs and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Disposition {
+    /// Enforce mode, and a patch was returned.
+    Patched,
+    /// Audit mode, and something would have changed.
+    WouldPatch,
+    /// Ours, and nothing to change.
+    Unchanged,
+    /// The whole Pod is exempt.
+    Skipped(PodSkip),
+    /// Not a Pod CREATE or ephemeral-container UPDATE: allowed untouched.
+    NotHandled,
+    /// detour's own failure: allowed untouched (fail open).
+    FailedOpen(String),
+}
+
+impl Disposition {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Disposition::Patched => "patched",
+            Disposition::WouldPatch => "would_patch",
+            Disposition::Unchanged => "unchanged",
+            Disposition::Skipped(_) => "skipped",
+            Disposition::NotHandled => "not_handled",
+            Disposition::FailedOpen(_) => "failed_open",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub uid: String,
+    pub namespace: String,
+    pub name: String,
+    pub mode: Mode,
+    pub dry_run: bool,
+    pub disposition: Disposition,
+    pub changes: Vec<ImageChange>,
+    pub skipped: Vec<ContainerSkip>,
+}
+
+pub struct Reviewed {
+    /// The serialized AdmissionReview response.
+    pub body: Vec<u8>,
+    pub summary: Summary,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ReviewEnvelope<'a> {
+    #[serde(default)]
+    api_version: String,
+    #[serde(default)]
+    kind: String,
+    #[serde(borrow)]
+    request: Option<RequestEnvelope<'a>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RequestEnvelope<'a> {
+    uid: String,
+    kind: GroupVersionKind,
+    resource: GroupVersionResource,
+    #[serde(default)]
+    sub_resource: Option<String>,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    namespace: Option<String>,
+    operation: Operation,
+    #[serde(default)]
+    dry_run: bool,
+    #[serde(borrow, default)]
+    object: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    old_object: Option<&'a RawValue>,
+}
+
+/// Answers one AdmissionReview body.
+pub fn review(body: &[u8], path_mode: Mode, config: &Config) -> Result<Reviewed, ReviewError> {
+    let envelope: ReviewEnvelope =
+        serde_json::from_slice(body).map_err(|e| ReviewError::Malformed(e.to_string()))?;
+    let request = envelope.request.ok_or(ReviewError::MissingRequest)?;
+    let mode = match config.mode {
+        GlobalMode::Audit => Mode::Audit,
+        GlobalMode::Enforce => path_mode,
+    };
+    let typed = AdmissionRequest::<DynamicObject> {
+        types: TypeMeta {
+            api_version: envelope.api_version,
+            kind: envelope.kind,
+        },
+        uid: request.uid.clone(),
+        kind: request.kind.clone(),
+        resource: request.resource.clone(),
+        sub_resource: request.sub_resource.clone(),
+        request_kind: None,
+        request_resource: None,
+        request_sub_resource: None,
+        name: request.name.clone(),
+        namespace: request.namespace.clone(),
+        operation: request.operation.clone(),
+        user_info: Default::default(),
+        object: None,
+        old_object: None,
+        dry_run: request.dry_run,
+        options: None,
+    };
+    let mut summary = Summary {
+        uid: request.uid.clone(),
+        namespace: request.namespace.clone().unwrap_or_default(),
+        name: request.name.clone(),
+        mode,
+        dry_run: request.dry_run,
+        disposition: Disposition::NotHandled,
+        changes: vec![],
+        skipped: vec![],
+    };
+    let allowed = AdmissionResponse::from(&typed);
+    // Anything below that goes wrong is detour's fault: answer "allowed,
+    // unchanged" with the uid, never an error the apiserver would act on.
+    let decided = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        decide(&request, mode, config, &mut summary)
+    }));
+    let parts = match decided {
+        Ok(Ok(parts)) => parts,
+        Ok(Err(message)) => {
+            summary.disposition = Disposition::FailedOpen(message);
+            None
+        }
+        Err(_) => {
+            summary.disposition = Disposition::FailedOpen("internal panic".into());
+            None
+        }
+    };
+    let response = match parts {
+        None => allowed,
+        Some(parts) => parts.apply(allowed.clone()).unwrap_or_else(|message| {
+            summary.disposition = Disposition::FailedOpen(message);
+            allowed
+        }),
+    };
+    Ok(Reviewed {
+        body: encode(response),
+        summary,
+    })
+}
+
+/// What to add to the allowed response.
+struct ResponseParts {
+    patch: Option<json_patch::Patch>,
+    warnings: Vec<String>,
+    audit_annotations: HashMap<String, String>,
+}
+
+impl ResponseParts {
+    fn apply(self, mut response: AdmissionResponse) -> Result<AdmissionResponse, String> {
+        if !self.warnings.is_empty() {
+            response.warnings = Some(self.warnings);
+        }
+        response.audit_annotations = self.audit_annotations;
+        match self.patch {
+            Some(patch) => response
+                .with_patch(patch)
+                .map_err(|e| format!("cannot serialize patch: {e}")),
+            None => Ok(response),
+        }
+    }
+}
+
+fn decide(
+    request: &RequestEnvelope,
+    mode: Mode,
+    config: &Config,
+    summary: &mut Summary,
+) -> Result<Option<ResponseParts>, String> {
+    let is_pod = request.kind.group.is_empty() && request.kind.kind == "Pod";
+    let scope = match (is_pod, &request.operation, request.sub_resource.as_deref()) {
+        (true, Operation::Create, None) => Scope::Create,
+        (true, Operation::Update, Some("ephemeralcontainers")) => Scope::NewEphemeralContainers,
+        _ => return Ok(None),
+    };
+    let raw = request.object.ok_or("request has no object")?;
+    let pod: PodView =
+        serde_json::from_str(raw.get()).map_err(|e| format!("cannot read Pod: {e}"))?;
+    let old: Option<PodView> = match request.old_object {
+        Some(raw) if raw.get() != "null" => {
+            Some(serde_json::from_str(raw.get()).map_err(|e| format!("cannot read old Pod: {e}"))?)
+        }
+        _ => None,
+    };
+    if summary.name.is_empty() {
+        summary.name = pod.display_name().to_string();
+    }
+    let plan: Plan = pod::plan(&pod, old.as_ref(), scope, config);
+    summary.skipped = plan.skipped.clone();
+    if let Some(skip) = plan.pod_skip {
+        summary.disposition = Disposition::Skipped(skip);
+        return Ok(None);
+    }
+    let mut parts = ResponseParts {
+        patch: None,
+        warnings: vec![],
+        audit_annotations: HashMap::new(),
+    };
+    for skip in &plan.skipped {
+        if skip.reason.starts_with("not a valid image reference") {
+            parts.warnings.push(truncate(&format!(
+                "detour: {}: image {:?} is not a valid reference",
+                skip.container, skip.image
+            )));
+        }
+    }
+    summary.changes = plan.changes.clone();
+    if plan.changes.is_empty() {
+        summary.disposition = Disposition::Unchanged;
+    } else if mode == Mode::Audit {
+        summary.disposition = Disposition::WouldPatch;
+        for c in &plan.changes {
+            parts.warnings.push(truncate(&format!(
+                "detour: would rewrite {}: {} -> {}",
+                c.container, c.from, c.to
+            )));
+        }
+        let report: Vec<serde_json::Value> = plan
+            .changes
+            .iter()
+            .map(|c| serde_json::json!({"container": c.container, "from": c.from, "to": c.to, "rule": c.rule}))
+            .collect();
+        parts.audit_annotations.insert(
+            AUDIT_ANNOTATION.to_string(),
+            serde_json::Value::Array(report).to_string(),
+        );
+    } else {
+        summary.disposition = Disposition::Patched;
+        // The ephemeralcontainers subresource keeps only ephemeral container
+        // changes, so an annotation patch there would be silently dropped.
+        let annotate = scope == Scope::Create;
+        parts.patch = Some(pod::patch(&pod, &plan, annotate));
+    }
+    Ok(Some(parts))
+}
+
+/// At most [`MAX_WARNING_CHARS`] characters, cut on a char boundary.
+fn truncate(text: &str) -> String {
+    if text.chars().count() <= MAX_WARNING_CHARS {
+        return text.to_string();
+    }
+    let mut out: String = text.chars().take(MAX_WARNING_CHARS - 3).collect();
+    out.push_str("...");
+    out
+}
+
+/// Serializes the response review, with the patch base64-encoded as the
+/// AdmissionReview API documents (kube serializes `Vec<u8>` as a number
+/// array, which the apiserver also accepts but is about three times larger).
+fn encode(response: AdmissionResponse) -> Vec<u8> {
+    let patch = response.patch.clone();
+    let review = response.into_review();
+    let mut value = match serde_json::to_value(&review) {
+        Ok(v) => v,
+        Err(_) => return Vec::new(),
+    };
+    if let (Some(patch), Some(resp)) = (patch, value.get_mut("response")) {
+        resp["patch"] =
+            serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(patch));
+    }
+    serde_json::to_vec(&value).unwrap_or_default()
+}
+
+/// A JSON error body for requests that cannot be read.
+pub fn error_body(message: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({ "error": message })).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests;
