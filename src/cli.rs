@@ -47,6 +47,10 @@ pub enum Command {
     /// Validate and show configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Run the admission webhook (HTTPS) and its admin server.
+    Serve(ServeArgs),
+    /// Write a CA and a serving certificate for the webhook Service.
+    Certs(CertsArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -93,4 +97,78 @@ pub enum ConfigCommand {
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Webhook address (HTTPS). Default 0.0.0.0:8443, or 127.0.0.1:8443 with --dev.
+    #[arg(long, env = "DETOUR_LISTEN")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Admin address (plain HTTP: /livez, /readyz, /metrics). Default 0.0.0.0:8080, or 127.0.0.1:8080 with --dev.
+    #[arg(long, env = "DETOUR_ADMIN_LISTEN")]
+    pub admin_listen: Option<std::net::SocketAddr>,
+    /// Directory with tls.crt (chain) and tls.key; reloaded when they change.
+    #[arg(long, env = "DETOUR_CERT_DIR", default_value = "certs")]
+    pub cert_dir: PathBuf,
+    /// Require client certificates signed by this CA (PEM), so only the apiserver can call.
+    #[arg(long, env = "DETOUR_CLIENT_CA", value_name = "FILE")]
+    pub client_ca: Option<PathBuf>,
+    /// Development mode: generate a throwaway CA and certificate for 127.0.0.1 if none exist,
+    /// listen on 127.0.0.1, and print a command that posts a sample AdmissionReview.
+    #[arg(long, env = "DETOUR_DEV")]
+    pub dev: bool,
+    #[arg(long, value_enum, default_value = "text", env = "DETOUR_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    /// How long to keep answering after SIGTERM while readiness is false (e.g. 5s, 500ms).
+    #[arg(long, default_value = "5s", value_parser = parse_duration, env = "DETOUR_SHUTDOWN_DELAY")]
+    pub shutdown_delay: std::time::Duration,
+    /// How long in-flight requests may take to finish after that.
+    #[arg(long, default_value = "20s", value_parser = parse_duration, env = "DETOUR_SHUTDOWN_GRACE")]
+    pub shutdown_grace: std::time::Duration,
+    /// Safety-net interval for re-checking certificate and config files (events trigger at once).
+    #[arg(long, default_value = "2s", value_parser = parse_duration, env = "DETOUR_RELOAD_INTERVAL")]
+    pub reload_interval: std::time::Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct CertsArgs {
+    /// Output directory for ca.crt, tls.crt and tls.key.
+    #[arg(long, env = "DETOUR_CERTS_OUT", value_name = "DIR")]
+    pub out: PathBuf,
+    /// Service name: the certificate covers NAME, NAME.NS, NAME.NS.svc, NAME.NS.svc.cluster.local.
+    #[arg(long, env = "DETOUR_CERTS_SERVICE", value_name = "NAME")]
+    pub service: Option<String>,
+    #[arg(long, default_value = "detour-system", env = "DETOUR_CERTS_NAMESPACE", value_name = "NS")]
+    pub namespace: String,
+    /// Extra DNS names (repeatable).
+    #[arg(long, env = "DETOUR_CERTS_DNS", value_delimiter = ',')]
+    pub dns: Vec<String>,
+    /// IP addresses (repeatable).
+    #[arg(long, env = "DETOUR_CERTS_IP", value_delimiter = ',')]
+    pub ip: Vec<std::net::IpAddr>,
+    /// Validity of the serving certificate in days (the CA gets ten times as long).
+    #[arg(long, default_value_t = 365, env = "DETOUR_CERTS_DAYS")]
+    pub days: i64,
+}
+
+/// `500ms`, `5s`, `2m`, or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let n: u64 = number.parse().map_err(|_| format!("invalid duration {text:?}: write e.g. 500ms, 5s or 2m"))?;
+    match unit {
+        "ms" => Ok(std::time::Duration::from_millis(n)),
+        "s" => Ok(std::time::Duration::from_secs(n)),
+        "m" => Ok(std::time::Duration::from_secs(n * 60)),
+        _ => Err(format!("invalid duration unit in {text:?}: use ms, s or m")),
+    }
 }

@@ -6,11 +6,16 @@
 //! applies them to Kubernetes objects; transport and runtime wiring sit on top.
 
 pub mod admission;
+pub mod certs;
 pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod explain;
 pub mod manifest;
+pub mod metrics;
 pub mod presets;
 pub mod reference;
 pub mod rules;
+pub mod server;
+pub mod tls;
+pub mod watch;

@@ -1,0 +1,112 @@
+//! Certificates for the webhook's Service: a CA and a serving certificate.
+//!
+//! Layer: adapter (rcgen; writes files). Used by `detour certs` and by
+//! `detour serve --dev`, which makes throwaway certificates for 127.0.0.1.
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
+    SanType,
+};
+use time::{Duration, OffsetDateTime};
+
+pub const CA_FILE: &str = "ca.crt";
+pub const CERT_FILE: &str = "tls.crt";
+pub const KEY_FILE: &str = "tls.key";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    #[error("cannot generate certificate: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("{0}: {1}")]
+    Write(String, std::io::Error),
+    #[error("no names: give a service and namespace, or --dns/--ip")]
+    NoNames,
+}
+
+/// What the serving certificate is for.
+#[derive(Debug, Clone)]
+pub struct CertRequest {
+    pub service: Option<String>,
+    pub namespace: String,
+    pub dns: Vec<String>,
+    pub ips: Vec<IpAddr>,
+    /// Validity of the serving certificate; the CA lives ten times as long.
+    pub days: i64,
+}
+
+pub struct CertBundle {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl CertRequest {
+    /// The DNS names the apiserver may use for a Service: `svc`, `svc.ns`,
+    /// `svc.ns.svc`, `svc.ns.svc.cluster.local`, then any extra names.
+    pub fn dns_names(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        if let Some(svc) = &self.service {
+            let ns = &self.namespace;
+            names.extend([svc.clone(), format!("{svc}.{ns}"), format!("{svc}.{ns}.svc"), format!("{svc}.{ns}.svc.cluster.local")]);
+        }
+        names.extend(self.dns.iter().cloned());
+        names
+    }
+}
+
+pub fn generate(req: &CertRequest) -> Result<CertBundle, CertError> {
+    let names = req.dns_names();
+    if names.is_empty() && req.ips.is_empty() {
+        return Err(CertError::NoNames);
+    }
+    let now = OffsetDateTime::now_utc();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca_params.distinguished_name.push(DnType::CommonName, "detour webhook CA");
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    ca_params.not_before = now - Duration::hours(1);
+    ca_params.not_after = now + Duration::days(req.days * 10);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
+
+    let mut leaf = CertificateParams::new(names.clone())?;
+    for ip in &req.ips {
+        leaf.subject_alt_names.push(SanType::IpAddress(*ip));
+    }
+    let common_name = names.first().cloned().unwrap_or_else(|| req.ips[0].to_string());
+    leaf.distinguished_name.push(DnType::CommonName, common_name);
+    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    leaf.not_before = now - Duration::hours(1);
+    leaf.not_after = now + Duration::days(req.days);
+    let leaf_key = KeyPair::generate()?;
+    let cert = leaf.signed_by(&leaf_key, &ca)?;
+    Ok(CertBundle { ca_pem: ca.pem(), cert_pem: cert.pem(), key_pem: leaf_key.serialize_pem() })
+}
+
+/// Writes `ca.crt`, `tls.crt` and `tls.key` (mode 0600) into `dir`.
+pub fn write(bundle: &CertBundle, dir: &Path) -> Result<(), CertError> {
+    let err = |p: &Path, e| CertError::Write(p.display().to_string(), e);
+    std::fs::create_dir_all(dir).map_err(|e| err(dir, e))?;
+    for (name, content, private) in
+        [(CA_FILE, &bundle.ca_pem, false), (CERT_FILE, &bundle.cert_pem, false), (KEY_FILE, &bundle.key_pem, true)]
+    {
+        let path = dir.join(name);
+        write_file(&path, content.as_bytes(), private).map_err(|e| err(&path, e))?;
+    }
+    Ok(())
+}
+
+fn write_file(path: &Path, content: &[u8], private: bool) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(if private { 0o600 } else { 0o644 });
+    }
+    options.open(path)?.write_all(content)
+}

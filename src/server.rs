@@ -1,0 +1,358 @@
+//! `detour serve`: the HTTPS webhook and the plain-HTTP admin server.
+//!
+//! Layer: runtime wiring. The HTTP handlers are thin: read a bounded body,
+//! call [`admission::review`], log and count. Readiness starts false and
+//! turns true only once config and TLS are loaded and the listener is bound;
+//! on SIGTERM it turns false, the server keeps answering for the drain delay
+//! (while endpoints stop routing here), then finishes in-flight requests.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use axum_server::tls_rustls::RustlsConfig;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+
+use crate::admission::{self, Disposition, Mode, Summary};
+use crate::cli::RuleArgs;
+use crate::config::{Config, ConfigError};
+use crate::metrics::{AdmissionLabels, Metrics, ReasonLabels, RewriteLabels};
+use crate::tls::{TlsError, TlsSource};
+use crate::{certs, commands, watch};
+
+/// Largest body accepted: the apiserver limits objects to 3 MiB, and an
+/// UPDATE review carries `object` and `oldObject`, plus the envelope.
+pub const MAX_BODY_BYTES: usize = 7 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Certs(#[from] certs::CertError),
+    #[error("no serving certificate in {0} (tls.crt, tls.key): create one with `detour certs`, or run with --dev")]
+    NoCertificate(String),
+    #[error("cannot listen on {0}: {1}")]
+    Listen(SocketAddr, std::io::Error),
+    #[error("server failed: {0}")]
+    Server(std::io::Error),
+}
+
+/// Everything the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<ArcSwap<Config>>,
+    pub metrics: Arc<Metrics>,
+    pub ready: Arc<AtomicBool>,
+}
+
+impl AppState {
+    pub fn new(config: Config) -> Self {
+        AppState {
+            config: Arc::new(ArcSwap::from_pointee(config)),
+            metrics: Arc::new(Metrics::new()),
+            ready: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+/// The webhook routes: `/mutate` enforces, `/audit` only reports.
+pub fn webhook_router(state: AppState) -> Router {
+    Router::new()
+        .route("/mutate", post(|s: State<AppState>, r: Request| admit(s, Mode::Enforce, r)))
+        .route("/audit", post(|s: State<AppState>, r: Request| admit(s, Mode::Audit, r)))
+        .with_state(state)
+}
+
+/// The admin routes: `/livez`, `/readyz`, `/metrics`.
+pub fn admin_router(state: AppState) -> Router {
+    Router::new()
+        .route("/livez", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(|State(s): State<AppState>| async move {
+                if s.ready.load(Ordering::Acquire) {
+                    (StatusCode::OK, "ready")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(|State(s): State<AppState>| async move {
+                ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], s.metrics.encode())
+            }),
+        )
+        .with_state(state)
+}
+
+fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+async fn admit(State(state): State<AppState>, mode: Mode, request: Request) -> Response {
+    let started = Instant::now();
+    let reject = |reason: &str, status: StatusCode, message: &str| {
+        state.metrics.rejected_requests.get_or_create(&ReasonLabels { reason: reason.into() }).inc();
+        tracing::warn!(status = status.as_u16(), reason, "{message}");
+        json_response(status, admission::error_body(message))
+    };
+    if declared_length(request.headers()).is_some_and(|n| n > MAX_BODY_BYTES) {
+        return reject("too_large", StatusCode::PAYLOAD_TOO_LARGE, "request body is larger than 7 MiB");
+    }
+    let body = match Limited::new(request.into_body(), MAX_BODY_BYTES).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            return reject("too_large", StatusCode::PAYLOAD_TOO_LARGE, "request body is larger than 7 MiB")
+        }
+        Err(e) => return reject("unreadable", StatusCode::BAD_REQUEST, &format!("cannot read request body: {e}")),
+    };
+    let config = state.config.load();
+    let response = match admission::review(&body, mode, &config) {
+        Ok(reviewed) => {
+            record(&state.metrics, &reviewed.summary);
+            json_response(StatusCode::OK, reviewed.body)
+        }
+        Err(e) => reject("malformed", StatusCode::BAD_REQUEST, &e.to_string()),
+    };
+    state.metrics.latency.observe(started.elapsed().as_secs_f64());
+    response
+}
+
+fn declared_length(headers: &HeaderMap) -> Option<usize> {
+    headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+/// Logs and counts one answered admission. One line per admission that
+/// changed or would change something; unchanged requests only at debug.
+fn record(metrics: &Metrics, s: &Summary) {
+    let mode = s.mode.as_str();
+    metrics
+        .admissions
+        .get_or_create(&AdmissionLabels { mode: mode.into(), outcome: s.disposition.label().into() })
+        .inc();
+    for c in &s.changes {
+        metrics.rewrites.get_or_create(&RewriteLabels { mode: mode.into(), rule: c.rule.clone() }).inc();
+    }
+    for skip in &s.skipped {
+        if skip.reason.starts_with("not a valid image reference") {
+            tracing::warn!(uid = %s.uid, namespace = %s.namespace, name = %s.name, container = %skip.container, image = %skip.image, reason = %skip.reason, "container skipped");
+        } else {
+            tracing::debug!(uid = %s.uid, namespace = %s.namespace, name = %s.name, container = %skip.container, reason = %skip.reason, "container skipped");
+        }
+    }
+    match &s.disposition {
+        Disposition::Patched | Disposition::WouldPatch => {
+            let changes: Vec<String> =
+                s.changes.iter().map(|c| format!("{}: {} -> {} ({})", c.container, c.from, c.to, c.rule)).collect();
+            tracing::info!(
+                uid = %s.uid, namespace = %s.namespace, name = %s.name, mode, dry_run = s.dry_run,
+                outcome = s.disposition.label(), changes = ?changes, "admission"
+            );
+        }
+        Disposition::Skipped(skip) => {
+            tracing::debug!(uid = %s.uid, namespace = %s.namespace, name = %s.name, reason = skip.reason(), "pod skipped");
+        }
+        Disposition::FailedOpen(why) => {
+            tracing::error!(uid = %s.uid, namespace = %s.namespace, name = %s.name, error = %why, "internal error; allowed unchanged");
+        }
+        Disposition::Unchanged | Disposition::NotHandled => {
+            tracing::debug!(uid = %s.uid, namespace = %s.namespace, name = %s.name, outcome = s.disposition.label(), "admission");
+        }
+    }
+}
+
+/// How `detour serve` runs.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub tls: TlsSource,
+    pub dev: bool,
+    pub rules: RuleArgs,
+    pub shutdown_delay: Duration,
+    pub shutdown_grace: Duration,
+    pub reload_interval: Duration,
+}
+
+pub async fn run(opts: ServeOptions) -> Result<(), ServeError> {
+    if opts.dev {
+        prepare_dev_certificates(&opts.tls.cert_dir)?;
+    } else if !opts.tls.cert_path().exists() || !opts.tls.key_path().exists() {
+        return Err(ServeError::NoCertificate(opts.tls.cert_dir.display().to_string()));
+    }
+    let config = commands::load_config(&opts.rules)?;
+    tracing::info!(origin = %config.origin, rules = config.rules.rules().len(), "config loaded");
+    let state = AppState::new(config);
+    state.metrics.config_last_reload_ok.set(1);
+    let loaded = opts.tls.load()?;
+    state.metrics.cert_expiry.set(loaded.not_after);
+    let tls_config = RustlsConfig::from_config(loaded.config);
+
+    let _tls_watch = spawn_tls_reloader(&opts, &state, tls_config.clone());
+    let _config_watch = spawn_config_reloader(&opts, &state);
+
+    let admin = tokio::net::TcpListener::bind(opts.admin_listen).await.map_err(|e| ServeError::Listen(opts.admin_listen, e))?;
+    let admin_addr = admin.local_addr().map_err(ServeError::Server)?;
+    let admin_stop = Arc::new(tokio::sync::Notify::new());
+    let admin_task = {
+        let stop = admin_stop.clone();
+        let router = admin_router(state.clone());
+        tokio::spawn(async move {
+            axum::serve(admin, router).with_graceful_shutdown(async move { stop.notified().await }).await
+        })
+    };
+
+    let listener = std::net::TcpListener::bind(opts.listen).map_err(|e| ServeError::Listen(opts.listen, e))?;
+    listener.set_nonblocking(true).map_err(ServeError::Server)?;
+    let addr = listener.local_addr().map_err(ServeError::Server)?;
+    let handle = axum_server::Handle::new();
+    let server = axum_server::from_tcp_rustls(listener, tls_config)
+        .map_err(ServeError::Server)?
+        .handle(handle.clone())
+        .serve(webhook_router(state.clone()).into_make_service());
+    let server_task = tokio::spawn(server);
+
+    state.ready.store(true, Ordering::Release);
+    tracing::info!(webhook = %addr, admin = %admin_addr, "detour is serving");
+    if opts.dev {
+        print_dev_instructions(&opts.tls.cert_dir, addr, admin_addr);
+    }
+
+    shutdown_signal().await;
+    state.ready.store(false, Ordering::Release);
+    tracing::info!(delay = ?opts.shutdown_delay, "shutting down: not ready; draining");
+    tokio::time::sleep(opts.shutdown_delay).await;
+    handle.graceful_shutdown(Some(opts.shutdown_grace));
+    let served = server_task.await;
+    admin_stop.notify_one();
+    let _ = admin_task.await;
+    tracing::info!("stopped");
+    match served {
+        Ok(result) => result.map_err(ServeError::Server),
+        Err(e) => Err(ServeError::Server(std::io::Error::other(e))),
+    }
+}
+
+fn spawn_tls_reloader(opts: &ServeOptions, state: &AppState, tls_config: RustlsConfig) -> tokio::task::JoinHandle<()> {
+    let source = opts.tls.clone();
+    let metrics = state.metrics.clone();
+    let mut last = source.fingerprint();
+    watch::spawn(source.cert_dir.clone(), opts.reload_interval, move || {
+        let current = source.fingerprint();
+        if current.is_none() || current == last {
+            return;
+        }
+        last = current;
+        match source.load() {
+            Ok(loaded) => {
+                tls_config.reload_from_config(loaded.config);
+                metrics.cert_expiry.set(loaded.not_after);
+                Metrics::count_reload(&metrics.tls_reloads, true);
+                tracing::info!(not_after = loaded.not_after, "serving certificate reloaded");
+            }
+            Err(e) => {
+                Metrics::count_reload(&metrics.tls_reloads, false);
+                tracing::error!(error = %e, "new serving certificate refused; the current one stays in use");
+            }
+        }
+    })
+}
+
+fn spawn_config_reloader(opts: &ServeOptions, state: &AppState) -> Option<tokio::task::JoinHandle<()>> {
+    let path = opts.rules.config.clone()?;
+    let dir = path.parent().map(PathBuf::from).filter(|p| !p.as_os_str().is_empty()).unwrap_or_else(|| PathBuf::from("."));
+    let rules = opts.rules.clone();
+    let shared = state.config.clone();
+    let metrics = state.metrics.clone();
+    let fingerprint = move || std::fs::read(&path).ok().map(|bytes| {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        bytes.hash(&mut h);
+        h.finish()
+    });
+    let mut last = fingerprint();
+    Some(watch::spawn(dir, opts.reload_interval, move || {
+        let current = fingerprint();
+        if current.is_none() || current == last {
+            return;
+        }
+        last = current;
+        match commands::load_config(&rules) {
+            Ok(config) => {
+                tracing::info!(origin = %config.origin, rules = config.rules.rules().len(), "config reloaded");
+                shared.store(Arc::new(config));
+                Metrics::count_reload(&metrics.config_reloads, true);
+                metrics.config_last_reload_ok.set(1);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "config refused; the last good config stays in force");
+                Metrics::count_reload(&metrics.config_reloads, false);
+                metrics.config_last_reload_ok.set(0);
+            }
+        }
+    }))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+/// `--dev`: a throwaway CA and certificate for 127.0.0.1 unless present.
+fn prepare_dev_certificates(dir: &std::path::Path) -> Result<(), ServeError> {
+    if dir.join(certs::CERT_FILE).exists() && dir.join(certs::KEY_FILE).exists() {
+        return Ok(());
+    }
+    let request = certs::CertRequest {
+        service: None,
+        namespace: String::new(),
+        dns: vec!["localhost".into()],
+        ips: vec!["127.0.0.1".parse().expect("literal"), "::1".parse().expect("literal")],
+        days: 30,
+    };
+    certs::write(&certs::generate(&request)?, dir)?;
+    tracing::info!(dir = %dir.display(), "generated development certificates (valid 30 days)");
+    Ok(())
+}
+
+/// A sample AdmissionReview and the command that posts it.
+fn print_dev_instructions(cert_dir: &std::path::Path, addr: SocketAddr, admin: SocketAddr) {
+    let sample = cert_dir.join("sample-review.json");
+    let _ = std::fs::write(&sample, SAMPLE_REVIEW);
+    let port = addr.port();
+    println!(
+        "\ndetour is ready. Post a sample AdmissionReview and decode the patch:\n\n  curl -s --cacert {ca} -H 'Content-Type: application/json' --data-binary @{sample} https://127.0.0.1:{port}/mutate | python3 -c 'import sys,json,base64; r=json.load(sys.stdin)[\"response\"]; print(json.dumps(json.loads(base64.b64decode(r[\"patch\"])), indent=2))'\n\nMetrics: curl -s http://{admin}/metrics | grep detour_\n",
+        ca = cert_dir.join(certs::CA_FILE).display(),
+        sample = sample.display(),
+    );
+}
+
+const SAMPLE_REVIEW: &str = include_str!("sample-review.json");
