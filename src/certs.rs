@@ -7,8 +7,8 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
-    SanType,
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose, SanType,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -50,7 +50,12 @@ impl CertRequest {
         let mut names = Vec::new();
         if let Some(svc) = &self.service {
             let ns = &self.namespace;
-            names.extend([svc.clone(), format!("{svc}.{ns}"), format!("{svc}.{ns}.svc"), format!("{svc}.{ns}.svc.cluster.local")]);
+            names.extend([
+                svc.clone(),
+                format!("{svc}.{ns}"),
+                format!("{svc}.{ns}.svc"),
+                format!("{svc}.{ns}.svc.cluster.local"),
+            ]);
         }
         names.extend(self.dns.iter().cloned());
         names
@@ -65,8 +70,14 @@ pub fn generate(req: &CertRequest) -> Result<CertBundle, CertError> {
     let now = OffsetDateTime::now_utc();
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    ca_params.distinguished_name.push(DnType::CommonName, "detour webhook CA");
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "detour webhook CA");
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     ca_params.not_before = now - Duration::hours(1);
     ca_params.not_after = now + Duration::days(req.days * 10);
     let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
@@ -75,24 +86,37 @@ pub fn generate(req: &CertRequest) -> Result<CertBundle, CertError> {
     for ip in &req.ips {
         leaf.subject_alt_names.push(SanType::IpAddress(*ip));
     }
-    let common_name = names.first().cloned().unwrap_or_else(|| req.ips[0].to_string());
-    leaf.distinguished_name.push(DnType::CommonName, common_name);
+    let common_name = names
+        .first()
+        .cloned()
+        .unwrap_or_else(|| req.ips[0].to_string());
+    leaf.distinguished_name
+        .push(DnType::CommonName, common_name);
     leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    leaf.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
     leaf.not_before = now - Duration::hours(1);
     leaf.not_after = now + Duration::days(req.days);
     let leaf_key = KeyPair::generate()?;
     let cert = leaf.signed_by(&leaf_key, &ca)?;
-    Ok(CertBundle { ca_pem: ca.pem(), cert_pem: cert.pem(), key_pem: leaf_key.serialize_pem() })
+    Ok(CertBundle {
+        ca_pem: ca.pem(),
+        cert_pem: cert.pem(),
+        key_pem: leaf_key.serialize_pem(),
+    })
 }
 
 /// Writes `ca.crt`, `tls.crt` and `tls.key` (mode 0600) into `dir`.
 pub fn write(bundle: &CertBundle, dir: &Path) -> Result<(), CertError> {
     let err = |p: &Path, e| CertError::Write(p.display().to_string(), e);
     std::fs::create_dir_all(dir).map_err(|e| err(dir, e))?;
-    for (name, content, private) in
-        [(CA_FILE, &bundle.ca_pem, false), (CERT_FILE, &bundle.cert_pem, false), (KEY_FILE, &bundle.key_pem, true)]
-    {
+    for (name, content, private) in [
+        (CA_FILE, &bundle.ca_pem, false),
+        (CERT_FILE, &bundle.cert_pem, false),
+        (KEY_FILE, &bundle.key_pem, true),
+    ] {
         let path = dir.join(name);
         write_file(&path, content.as_bytes(), private).map_err(|e| err(&path, e))?;
     }

@@ -144,7 +144,12 @@ pub struct CertsArgs {
     /// Service name: the certificate covers NAME, NAME.NS, NAME.NS.svc, NAME.NS.svc.cluster.local.
     #[arg(long, env = "DETOUR_CERTS_SERVICE", value_name = "NAME")]
     pub service: Option<String>,
-    #[arg(long, default_value = "detour-system", env = "DETOUR_CERTS_NAMESPACE", value_name = "NS")]
+    #[arg(
+        long,
+        default_value = "detour-system",
+        env = "DETOUR_CERTS_NAMESPACE",
+        value_name = "NS"
+    )]
     pub namespace: String,
     /// Extra DNS names (repeatable).
     #[arg(long, env = "DETOUR_CERTS_DNS", value_delimiter = ',')]
@@ -164,7 +169,9 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
         Some(i) => text.split_at(i),
         None => (text, "s"),
     };
-    let n: u64 = number.parse().map_err(|_| format!("invalid duration {text:?}: write e.g. 500ms, 5s or 2m"))?;
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("invalid duration {text:?}: write e.g. 500ms, 5s or 2m"))?;
     match unit {
         "ms" => Ok(std::time::Duration::from_millis(n)),
         "s" => Ok(std::time::Duration::from_secs(n)),

@@ -23,9 +23,19 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<i32> {
     let stdout = std::io::stdout();
     let code = match &cli.command {
-        Command::Explain(args) => commands::explain(&commands::load_config(&cli.rules)?.rules, args, &mut stdout.lock())?,
-        Command::Rewrite(args) => commands::rewrite(&commands::load_config(&cli.rules)?.rules, args, &mut stdout.lock())?,
-        Command::Config(ConfigCommand::Check { file }) => commands::config_check(file, &cli.rules, &mut stdout.lock())?,
+        Command::Explain(args) => commands::explain(
+            &commands::load_config(&cli.rules)?.rules,
+            args,
+            &mut stdout.lock(),
+        )?,
+        Command::Rewrite(args) => commands::rewrite(
+            &commands::load_config(&cli.rules)?.rules,
+            args,
+            &mut stdout.lock(),
+        )?,
+        Command::Config(ConfigCommand::Check { file }) => {
+            commands::config_check(file, &cli.rules, &mut stdout.lock())?
+        }
         Command::Certs(args) => {
             let request = certs::CertRequest {
                 service: args.service.clone(),
@@ -35,7 +45,12 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 days: args.days,
             };
             certs::write(&certs::generate(&request)?, &args.out)?;
-            writeln!(stdout.lock(), "wrote {0}/ca.crt, {0}/tls.crt, {0}/tls.key for {1:?}", args.out.display(), request.dns_names())?;
+            writeln!(
+                stdout.lock(),
+                "wrote {0}/ca.crt, {0}/tls.crt, {0}/tls.key for {1:?}",
+                args.out.display(),
+                request.dns_names()
+            )?;
             0
         }
         Command::Serve(args) => {
@@ -51,18 +66,28 @@ fn serve(args: &ServeArgs, cli: &Cli) -> anyhow::Result<()> {
     init_logging(args.log_format);
     // One crypto provider for the whole process.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let host = if args.dev { [127, 0, 0, 1] } else { [0, 0, 0, 0] };
+    let host = if args.dev {
+        [127, 0, 0, 1]
+    } else {
+        [0, 0, 0, 0]
+    };
     let options = server::ServeOptions {
         listen: args.listen.unwrap_or((host, 8443).into()),
         admin_listen: args.admin_listen.unwrap_or((host, 8080).into()),
-        tls: tls::TlsSource { cert_dir: args.cert_dir.clone(), client_ca: args.client_ca.clone() },
+        tls: tls::TlsSource {
+            cert_dir: args.cert_dir.clone(),
+            client_ca: args.client_ca.clone(),
+        },
         dev: args.dev,
         rules: cli.rules.clone(),
         shutdown_delay: args.shutdown_delay,
         shutdown_grace: args.shutdown_grace,
         reload_interval: args.reload_interval,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the runtime")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
     runtime.block_on(server::run(options))?;
     Ok(())
 }
@@ -70,7 +95,9 @@ fn serve(args: &ServeArgs, cli: &Cli) -> anyhow::Result<()> {
 fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("DETOUR_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),

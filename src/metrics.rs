@@ -54,16 +54,36 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("detour");
         let admissions = Family::<AdmissionLabels, Counter>::default();
-        registry.register("admissions", "Admission requests answered, by mode and outcome", admissions.clone());
+        registry.register(
+            "admissions",
+            "Admission requests answered, by mode and outcome",
+            admissions.clone(),
+        );
         let rewrites = Family::<RewriteLabels, Counter>::default();
-        registry.register("image_rewrites", "Images rewritten (enforce) or that would be (audit), by rule", rewrites.clone());
+        registry.register(
+            "image_rewrites",
+            "Images rewritten (enforce) or that would be (audit), by rule",
+            rewrites.clone(),
+        );
         let rejected_requests = Family::<ReasonLabels, Counter>::default();
-        registry.register("rejected_requests", "Requests answered 4xx because they could not be read", rejected_requests.clone());
+        registry.register(
+            "rejected_requests",
+            "Requests answered 4xx because they could not be read",
+            rejected_requests.clone(),
+        );
         // 25 µs .. ~400 ms: the decision itself is microseconds.
         let latency = Histogram::new(exponential_buckets(25e-6, 2.0, 15));
-        registry.register("admission_duration_seconds", "Time to read, decide and answer one admission request", latency.clone());
+        registry.register(
+            "admission_duration_seconds",
+            "Time to read, decide and answer one admission request",
+            latency.clone(),
+        );
         let config_reloads = Family::<ResultLabels, Counter>::default();
-        registry.register("config_reloads", "Config reload attempts, by result", config_reloads.clone());
+        registry.register(
+            "config_reloads",
+            "Config reload attempts, by result",
+            config_reloads.clone(),
+        );
         let config_last_reload_ok = Gauge::default();
         registry.register(
             "config_last_reload_successful",
@@ -71,7 +91,11 @@ impl Metrics {
             config_last_reload_ok.clone(),
         );
         let tls_reloads = Family::<ResultLabels, Counter>::default();
-        registry.register("tls_reloads", "Serving certificate reload attempts, by result", tls_reloads.clone());
+        registry.register(
+            "tls_reloads",
+            "Serving certificate reload attempts, by result",
+            tls_reloads.clone(),
+        );
         let cert_expiry = Gauge::default();
         registry.register(
             "tls_certificate_expiry_timestamp_seconds",
@@ -100,6 +124,10 @@ impl Metrics {
     }
 
     pub fn count_reload(family: &Family<ResultLabels, Counter>, ok: bool) {
-        family.get_or_create(&ResultLabels { result: if ok { "success" } else { "failure" }.into() }).inc();
+        family
+            .get_or_create(&ResultLabels {
+                result: if ok { "success" } else { "failure" }.into(),
+            })
+            .inc();
     }
 }

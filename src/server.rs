@@ -69,8 +69,14 @@ impl AppState {
 /// The webhook routes: `/mutate` enforces, `/audit` only reports.
 pub fn webhook_router(state: AppState) -> Router {
     Router::new()
-        .route("/mutate", post(|s: State<AppState>, r: Request| admit(s, Mode::Enforce, r)))
-        .route("/audit", post(|s: State<AppState>, r: Request| admit(s, Mode::Audit, r)))
+        .route(
+            "/mutate",
+            post(|s: State<AppState>, r: Request| admit(s, Mode::Enforce, r)),
+        )
+        .route(
+            "/audit",
+            post(|s: State<AppState>, r: Request| admit(s, Mode::Audit, r)),
+        )
         .with_state(state)
 }
 
@@ -91,7 +97,13 @@ pub fn admin_router(state: AppState) -> Router {
         .route(
             "/metrics",
             get(|State(s): State<AppState>| async move {
-                ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], s.metrics.encode())
+                (
+                    [(
+                        header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    s.metrics.encode(),
+                )
             }),
         )
         .with_state(state)
@@ -104,19 +116,42 @@ fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
 async fn admit(State(state): State<AppState>, mode: Mode, request: Request) -> Response {
     let started = Instant::now();
     let reject = |reason: &str, status: StatusCode, message: &str| {
-        state.metrics.rejected_requests.get_or_create(&ReasonLabels { reason: reason.into() }).inc();
+        state
+            .metrics
+            .rejected_requests
+            .get_or_create(&ReasonLabels {
+                reason: reason.into(),
+            })
+            .inc();
         tracing::warn!(status = status.as_u16(), reason, "{message}");
         json_response(status, admission::error_body(message))
     };
     if declared_length(request.headers()).is_some_and(|n| n > MAX_BODY_BYTES) {
-        return reject("too_large", StatusCode::PAYLOAD_TOO_LARGE, "request body is larger than 7 MiB");
+        return reject(
+            "too_large",
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request body is larger than 7 MiB",
+        );
     }
-    let body = match Limited::new(request.into_body(), MAX_BODY_BYTES).collect().await {
+    let body = match Limited::new(request.into_body(), MAX_BODY_BYTES)
+        .collect()
+        .await
+    {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            return reject("too_large", StatusCode::PAYLOAD_TOO_LARGE, "request body is larger than 7 MiB")
+            return reject(
+                "too_large",
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request body is larger than 7 MiB",
+            )
         }
-        Err(e) => return reject("unreadable", StatusCode::BAD_REQUEST, &format!("cannot read request body: {e}")),
+        Err(e) => {
+            return reject(
+                "unreadable",
+                StatusCode::BAD_REQUEST,
+                &format!("cannot read request body: {e}"),
+            )
+        }
     };
     let config = state.config.load();
     let response = match admission::review(&body, mode, &config) {
@@ -126,12 +161,20 @@ async fn admit(State(state): State<AppState>, mode: Mode, request: Request) -> R
         }
         Err(e) => reject("malformed", StatusCode::BAD_REQUEST, &e.to_string()),
     };
-    state.metrics.latency.observe(started.elapsed().as_secs_f64());
+    state
+        .metrics
+        .latency
+        .observe(started.elapsed().as_secs_f64());
     response
 }
 
 fn declared_length(headers: &HeaderMap) -> Option<usize> {
-    headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }
 
 /// Logs and counts one answered admission. One line per admission that
@@ -140,10 +183,19 @@ fn record(metrics: &Metrics, s: &Summary) {
     let mode = s.mode.as_str();
     metrics
         .admissions
-        .get_or_create(&AdmissionLabels { mode: mode.into(), outcome: s.disposition.label().into() })
+        .get_or_create(&AdmissionLabels {
+            mode: mode.into(),
+            outcome: s.disposition.label().into(),
+        })
         .inc();
     for c in &s.changes {
-        metrics.rewrites.get_or_create(&RewriteLabels { mode: mode.into(), rule: c.rule.clone() }).inc();
+        metrics
+            .rewrites
+            .get_or_create(&RewriteLabels {
+                mode: mode.into(),
+                rule: c.rule.clone(),
+            })
+            .inc();
     }
     for skip in &s.skipped {
         if skip.reason.starts_with("not a valid image reference") {
@@ -154,8 +206,11 @@ fn record(metrics: &Metrics, s: &Summary) {
     }
     match &s.disposition {
         Disposition::Patched | Disposition::WouldPatch => {
-            let changes: Vec<String> =
-                s.changes.iter().map(|c| format!("{}: {} -> {} ({})", c.container, c.from, c.to, c.rule)).collect();
+            let changes: Vec<String> = s
+                .changes
+                .iter()
+                .map(|c| format!("{}: {} -> {} ({})", c.container, c.from, c.to, c.rule))
+                .collect();
             tracing::info!(
                 uid = %s.uid, namespace = %s.namespace, name = %s.name, mode, dry_run = s.dry_run,
                 outcome = s.disposition.label(), changes = ?changes, "admission"
@@ -190,7 +245,9 @@ pub async fn run(opts: ServeOptions) -> Result<(), ServeError> {
     if opts.dev {
         prepare_dev_certificates(&opts.tls.cert_dir)?;
     } else if !opts.tls.cert_path().exists() || !opts.tls.key_path().exists() {
-        return Err(ServeError::NoCertificate(opts.tls.cert_dir.display().to_string()));
+        return Err(ServeError::NoCertificate(
+            opts.tls.cert_dir.display().to_string(),
+        ));
     }
     let config = commands::load_config(&opts.rules)?;
     tracing::info!(origin = %config.origin, rules = config.rules.rules().len(), "config loaded");
@@ -203,18 +260,23 @@ pub async fn run(opts: ServeOptions) -> Result<(), ServeError> {
     let _tls_watch = spawn_tls_reloader(&opts, &state, tls_config.clone());
     let _config_watch = spawn_config_reloader(&opts, &state);
 
-    let admin = tokio::net::TcpListener::bind(opts.admin_listen).await.map_err(|e| ServeError::Listen(opts.admin_listen, e))?;
+    let admin = tokio::net::TcpListener::bind(opts.admin_listen)
+        .await
+        .map_err(|e| ServeError::Listen(opts.admin_listen, e))?;
     let admin_addr = admin.local_addr().map_err(ServeError::Server)?;
     let admin_stop = Arc::new(tokio::sync::Notify::new());
     let admin_task = {
         let stop = admin_stop.clone();
         let router = admin_router(state.clone());
         tokio::spawn(async move {
-            axum::serve(admin, router).with_graceful_shutdown(async move { stop.notified().await }).await
+            axum::serve(admin, router)
+                .with_graceful_shutdown(async move { stop.notified().await })
+                .await
         })
     };
 
-    let listener = std::net::TcpListener::bind(opts.listen).map_err(|e| ServeError::Listen(opts.listen, e))?;
+    let listener =
+        std::net::TcpListener::bind(opts.listen).map_err(|e| ServeError::Listen(opts.listen, e))?;
     listener.set_nonblocking(true).map_err(ServeError::Server)?;
     let addr = listener.local_addr().map_err(ServeError::Server)?;
     let handle = axum_server::Handle::new();
@@ -245,7 +307,11 @@ pub async fn run(opts: ServeOptions) -> Result<(), ServeError> {
     }
 }
 
-fn spawn_tls_reloader(opts: &ServeOptions, state: &AppState, tls_config: RustlsConfig) -> tokio::task::JoinHandle<()> {
+fn spawn_tls_reloader(
+    opts: &ServeOptions,
+    state: &AppState,
+    tls_config: RustlsConfig,
+) -> tokio::task::JoinHandle<()> {
     let source = opts.tls.clone();
     let metrics = state.metrics.clone();
     let mut last = source.fingerprint();
@@ -270,18 +336,27 @@ fn spawn_tls_reloader(opts: &ServeOptions, state: &AppState, tls_config: RustlsC
     })
 }
 
-fn spawn_config_reloader(opts: &ServeOptions, state: &AppState) -> Option<tokio::task::JoinHandle<()>> {
+fn spawn_config_reloader(
+    opts: &ServeOptions,
+    state: &AppState,
+) -> Option<tokio::task::JoinHandle<()>> {
     let path = opts.rules.config.clone()?;
-    let dir = path.parent().map(PathBuf::from).filter(|p| !p.as_os_str().is_empty()).unwrap_or_else(|| PathBuf::from("."));
+    let dir = path
+        .parent()
+        .map(PathBuf::from)
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| PathBuf::from("."));
     let rules = opts.rules.clone();
     let shared = state.config.clone();
     let metrics = state.metrics.clone();
-    let fingerprint = move || std::fs::read(&path).ok().map(|bytes| {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        bytes.hash(&mut h);
-        h.finish()
-    });
+    let fingerprint = move || {
+        std::fs::read(&path).ok().map(|bytes| {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            bytes.hash(&mut h);
+            h.finish()
+        })
+    };
     let mut last = fingerprint();
     Some(watch::spawn(dir, opts.reload_interval, move || {
         let current = fingerprint();
@@ -335,7 +410,10 @@ fn prepare_dev_certificates(dir: &std::path::Path) -> Result<(), ServeError> {
         service: None,
         namespace: String::new(),
         dns: vec!["localhost".into()],
-        ips: vec!["127.0.0.1".parse().expect("literal"), "::1".parse().expect("literal")],
+        ips: vec![
+            "127.0.0.1".parse().expect("literal"),
+            "::1".parse().expect("literal"),
+        ],
         days: 30,
     };
     certs::write(&certs::generate(&request)?, dir)?;

@@ -76,8 +76,11 @@ impl TlsSource {
         let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
             .collect::<Result<_, _>>()
             .map_err(|e| TlsError::Pem(cert_path.display().to_string(), e.to_string()))?;
-        let leaf = chain.first().ok_or_else(|| TlsError::NoCertificate(cert_path.display().to_string()))?;
-        let not_after = not_after(leaf).map_err(|e| TlsError::Certificate(cert_path.display().to_string(), e))?;
+        let leaf = chain
+            .first()
+            .ok_or_else(|| TlsError::NoCertificate(cert_path.display().to_string()))?;
+        let not_after = not_after(leaf)
+            .map_err(|e| TlsError::Certificate(cert_path.display().to_string(), e))?;
         if not_after < now_unix() {
             return Err(TlsError::Expired(cert_path.display().to_string()));
         }
@@ -92,19 +95,26 @@ impl TlsSource {
                 let ca_pem = read(ca_path)?;
                 let mut roots = RootCertStore::empty();
                 for cert in CertificateDer::pem_slice_iter(&ca_pem) {
-                    let cert = cert.map_err(|e| TlsError::Pem(ca_path.display().to_string(), e.to_string()))?;
-                    roots.add(cert).map_err(|e| TlsError::ClientCa(e.to_string()))?;
+                    let cert = cert
+                        .map_err(|e| TlsError::Pem(ca_path.display().to_string(), e.to_string()))?;
+                    roots
+                        .add(cert)
+                        .map_err(|e| TlsError::ClientCa(e.to_string()))?;
                 }
-                let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                    .build()
-                    .map_err(|e| TlsError::ClientCa(e.to_string()))?;
+                let verifier =
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                        .build()
+                        .map_err(|e| TlsError::ClientCa(e.to_string()))?;
                 builder.with_client_cert_verifier(verifier)
             }
         };
         // with_single_cert refuses a key that does not match the certificate.
         let mut config = builder.with_single_cert(chain, key)?;
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        Ok(LoadedTls { config: Arc::new(config), not_after })
+        Ok(LoadedTls {
+            config: Arc::new(config),
+            not_after,
+        })
     }
 }
 
@@ -118,5 +128,8 @@ fn not_after(der: &CertificateDer<'_>) -> Result<i64, String> {
 }
 
 fn now_unix() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }

@@ -13,7 +13,11 @@ use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
 /// Runs `check` whenever something in `dir` changes, and every `interval`.
-pub fn spawn(dir: PathBuf, interval: Duration, mut check: impl FnMut() + Send + 'static) -> tokio::task::JoinHandle<()> {
+pub fn spawn(
+    dir: PathBuf,
+    interval: Duration,
+    mut check: impl FnMut() + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
     let (tx, mut rx) = mpsc::unbounded_channel::<()>();
     let watcher = notify::recommended_watcher(move |_event: notify::Result<notify::Event>| {
         let _ = tx.send(());
