@@ -55,21 +55,13 @@ pub struct Server {
     pub dir: tempfile::TempDir,
 }
 
+#[derive(Default)]
 pub struct Options<'a> {
     pub config: Option<&'a Path>,
     pub cert_dir: Option<PathBuf>,
     pub extra: Vec<&'a str>,
 }
 
-impl Default for Options<'_> {
-    fn default() -> Self {
-        Options {
-            config: None,
-            cert_dir: None,
-            extra: vec![],
-        }
-    }
-}
 
 impl Server {
     pub fn start(opts: Options) -> Server {
