@@ -62,7 +62,6 @@ pub struct Options<'a> {
     pub extra: Vec<&'a str>,
 }
 
-
 impl Server {
     pub fn start(opts: Options) -> Server {
         let dir = tempfile::tempdir().unwrap();
