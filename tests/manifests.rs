@@ -1,0 +1,240 @@
+//! Renders every kustomize overlay with `kubectl kustomize` and checks the
+//! properties a production install depends on.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+
+const MANIFESTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/manifests");
+
+fn render(dir: &Path) -> Vec<Value> {
+    let out = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(dir)
+        .output()
+        .expect("kubectl on PATH");
+    assert!(
+        out.status.success(),
+        "kustomize {}: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    text.split("\n---\n")
+        .map(|doc| serde_yaml_ng::from_str(doc).unwrap())
+        .collect()
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("{kind}/{name} not rendered"))
+}
+
+fn mode_expression(webhook: &Value) -> &Value {
+    webhook["namespaceSelector"]["matchExpressions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["key"] == "detour.dev/mode")
+        .expect("detour.dev/mode selector")
+}
+
+/// What every overlay must keep from the base.
+fn check_common(docs: &[Value]) {
+    let ns = find(docs, "Namespace", "detour-system");
+    assert_eq!(ns["metadata"]["labels"]["detour.dev/mode"], "off");
+    let deploy = find(docs, "Deployment", "detour");
+    assert_eq!(deploy["metadata"]["namespace"], "detour-system");
+    assert_eq!(deploy["spec"]["replicas"], 2);
+    let pod = &deploy["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    assert_eq!(pod["automountServiceAccountToken"], false);
+    assert!(pod["affinity"]["podAntiAffinity"].is_object());
+    let c = &pod["containers"][0];
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+    assert_eq!(c["securityContext"]["capabilities"]["drop"][0], "ALL");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["port"], "admin");
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/livez");
+    assert!(
+        c["resources"]["requests"]["memory"].is_string()
+            && c["resources"]["limits"]["memory"].is_string()
+    );
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(
+        args.contains(&"--cert-dir=/etc/detour/tls")
+            && args.contains(&"--config=/etc/detour/config/config.yaml")
+    );
+    assert!(
+        pod["terminationGracePeriodSeconds"].as_i64().unwrap() > 25,
+        "longer than shutdown delay + grace"
+    );
+    assert_eq!(
+        find(docs, "PodDisruptionBudget", "detour")["spec"]["minAvailable"],
+        1
+    );
+    assert_eq!(
+        find(docs, "Role", "detour")["rules"],
+        Value::Array(vec![]),
+        "detour needs no API access"
+    );
+    // The config shipped in the ConfigMap is a valid detour config.
+    let config = find(docs, "ConfigMap", "detour-config")["data"]["config.yaml"]
+        .as_str()
+        .unwrap();
+    detour::config::Config::from_yaml(config, "configmap").expect("shipped config loads");
+
+    let mwc = find(docs, "MutatingWebhookConfiguration", "detour");
+    let hooks = mwc["webhooks"].as_array().unwrap();
+    assert_eq!(hooks.len(), 2);
+    for (hook, path) in hooks.iter().zip(["/mutate", "/audit"]) {
+        assert_eq!(hook["clientConfig"]["service"]["path"], path);
+        assert_eq!(hook["failurePolicy"], "Ignore");
+        assert!(hook["timeoutSeconds"].as_i64().unwrap() <= 5);
+        assert_eq!(hook["reinvocationPolicy"], "IfNeeded");
+        assert_eq!(hook["sideEffects"], "NoneOnDryRun");
+        assert_eq!(hook["matchPolicy"], "Equivalent");
+        let excluded = &hook["namespaceSelector"]["matchExpressions"][0];
+        assert_eq!(excluded["key"], "kubernetes.io/metadata.name");
+        assert_eq!(excluded["operator"], "NotIn");
+        assert_eq!(
+            excluded["values"],
+            serde_json::json!(["kube-system", "detour-system"])
+        );
+        let skip = &hook["objectSelector"]["matchExpressions"][0];
+        assert_eq!(
+            (skip["key"].as_str(), skip["operator"].as_str()),
+            (Some("detour.dev/skip"), Some("NotIn"))
+        );
+        let rules = hook["rules"].as_array().unwrap();
+        assert_eq!(rules[0]["resources"][0], "pods");
+        assert_eq!(rules[0]["operations"][0], "CREATE");
+        assert_eq!(rules[1]["resources"][0], "pods/ephemeralcontainers");
+        assert_eq!(rules[1]["operations"][0], "UPDATE");
+    }
+    assert_eq!(mode_expression(&hooks[1])["operator"], "In");
+    assert_eq!(
+        mode_expression(&hooks[1])["values"],
+        serde_json::json!(["audit"])
+    );
+}
+
+#[test]
+fn opt_in_overlay() {
+    let docs = render(&Path::new(MANIFESTS).join("overlays/opt-in"));
+    check_common(&docs);
+    let mwc = find(&docs, "MutatingWebhookConfiguration", "detour");
+    let enforce = mode_expression(&mwc["webhooks"][0]);
+    assert_eq!(enforce["operator"], "In");
+    assert_eq!(enforce["values"], serde_json::json!(["enforce"]));
+}
+
+#[test]
+fn cluster_wide_overlay() {
+    let docs = render(&Path::new(MANIFESTS).join("overlays/cluster-wide"));
+    check_common(&docs);
+    let mwc = find(&docs, "MutatingWebhookConfiguration", "detour");
+    let enforce = mode_expression(&mwc["webhooks"][0]);
+    assert_eq!(enforce["operator"], "NotIn");
+    assert_eq!(enforce["values"], serde_json::json!(["off", "audit"]));
+}
+
+#[test]
+fn cert_manager_overlay() {
+    let docs = render(&Path::new(MANIFESTS).join("overlays/cert-manager"));
+    check_common(&docs);
+    let cert = find(&docs, "Certificate", "detour-serving-cert");
+    assert_eq!(cert["spec"]["secretName"], "detour-tls");
+    assert!(cert["spec"]["dnsNames"]
+        .as_array()
+        .unwrap()
+        .contains(&"detour.detour-system.svc".into()));
+    find(&docs, "Issuer", "detour-ca");
+    let mwc = find(&docs, "MutatingWebhookConfiguration", "detour");
+    assert_eq!(
+        mwc["metadata"]["annotations"]["cert-manager.io/inject-ca-from"],
+        "detour-system/detour-serving-cert"
+    );
+}
+
+#[test]
+fn self_signed_overlay_carries_the_ca_from_detour_certs() {
+    let scratch = tempfile::tempdir().unwrap();
+    let copy = scratch.path().join("manifests");
+    let status = Command::new("cp")
+        .arg("-r")
+        .arg(MANIFESTS)
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let overlay = copy.join("overlays/self-signed");
+    let certs = overlay.join("certs");
+    let out = Command::new(common::BIN)
+        .args([
+            "certs",
+            "--out",
+            certs.to_str().unwrap(),
+            "--service",
+            "detour",
+            "--namespace",
+            "detour-system",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let docs = render(&overlay);
+    check_common(&docs);
+    let secret = find(&docs, "Secret", "detour-tls");
+    assert_eq!(secret["type"], "kubernetes.io/tls");
+    use base64::Engine as _;
+    let ca = std::fs::read(certs.join("ca.crt")).unwrap();
+    let mwc = find(&docs, "MutatingWebhookConfiguration", "detour");
+    for hook in mwc["webhooks"].as_array().unwrap() {
+        // kustomize wraps base64 at 70 columns; the apiserver's decoder
+        // (Go encoding/base64) skips the newlines, and so do we.
+        let wrapped = hook["clientConfig"]["caBundle"]
+            .as_str()
+            .expect("caBundle set");
+        let joined: String = wrapped.chars().filter(|c| !c.is_whitespace()).collect();
+        assert_eq!(
+            base64::engine::general_purpose::STANDARD
+                .decode(joined)
+                .unwrap(),
+            ca
+        );
+    }
+    // The serving certificate names the Service the apiserver calls.
+    let pem = std::fs::read_to_string(certs.join("tls.crt")).unwrap();
+    let der = rustls::pki_types::pem::PemObject::from_pem_slice(pem.as_bytes())
+        .map(|c: rustls::pki_types::CertificateDer| c.to_vec())
+        .unwrap();
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+    let sans = format!(
+        "{:?}",
+        cert.subject_alternative_name()
+            .unwrap()
+            .unwrap()
+            .value
+            .general_names
+    );
+    assert!(sans.contains("detour.detour-system.svc"), "{sans}");
+}
