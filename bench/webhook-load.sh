@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Load benchmark of `detour serve` (release build) over TLS with keep-alive,
+# driven by oha on 127.0.0.1. Prints requests/s at full load and p50/p99 at a
+# fixed rate, for a 3-container and a 60-container Pod, and detour's peak RSS.
+#
+#   cargo install oha --locked     # once
+#   bash bench/webhook-load.sh     # DURATION=10 RATE=2000 CONNECTIONS=32 to change
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/detour-target}"
+DURATION="${DURATION:-10}"
+RATE="${RATE:-2000}"
+CONNECTIONS="${CONNECTIONS:-32}"
+command -v oha >/dev/null || { echo "oha not found: cargo install oha --locked" >&2; exit 1; }
+
+cargo build --release --quiet --bin detour
+BIN="$CARGO_TARGET_DIR/release/detour"
+WORK="$(mktemp -d)"
+trap 'kill "$PID" 2>/dev/null || true; rm -rf "$WORK"' EXIT
+
+"$BIN" certs --out "$WORK/tls" --ip 127.0.0.1 >/dev/null
+# Bodies shaped like the recorded apiserver request, with N containers each.
+python3 - "$WORK" <<'PY'
+import json, sys, copy
+work = sys.argv[1]
+base = json.load(open("tests/fixtures/kube-apiserver-v1.19-pod-create.json"))
+images = ["registry.k8s.io/ingress-nginx/controller:v1.9.4", "nginx:1.25", "quay.io/prometheus/node-exporter:v1.7.0",
+          "k8s.gcr.io/pause:3.1", "ghcr.io/org/tool:2", "registry.k8s.io/coredns/coredns:v1.11.1"]
+for n in (3, 60):
+    r = copy.deepcopy(base)
+    template = r["request"]["object"]["spec"]["containers"][0]
+    containers = []
+    for i in range(n):
+        c = copy.deepcopy(template)
+        c["name"] = f"c{i}"
+        c["image"] = images[i % len(images)]
+        containers.append(c)
+    r["request"]["object"]["spec"]["containers"] = containers
+    json.dump(r, open(f"{work}/pod-{n}.json", "w"))
+PY
+
+PORT=18443; ADMIN=18080
+"$BIN" serve --cert-dir "$WORK/tls" --listen 127.0.0.1:$PORT --admin-listen 127.0.0.1:$ADMIN \
+  --shutdown-delay 0s --log-format json 2>"$WORK/detour.log" &
+PID=$!
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$ADMIN/readyz" >/dev/null && break; sleep 0.1; done
+
+run() { # name, extra oha args...
+  local name=$1; shift
+  oha --no-tui --output-format json -z "${DURATION}s" -c "$CONNECTIONS" -m POST \
+    -H 'Content-Type: application/json' --insecure "$@" "https://127.0.0.1:$PORT/mutate?timeout=5s" > "$WORK/$name.json"
+  python3 - "$WORK/$name.json" "$name" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+s, p = r["summary"], r["latencyPercentiles"]
+codes = r.get("statusCodeDistribution", {})
+errors = sum(r.get("errorDistribution", {}).values())
+ok = codes.get("200", 0)
+print(f"| {sys.argv[2]} | {s['requestsPerSec']:.0f} | {p['p50']*1000:.3f} | {p['p99']*1000:.3f} | {ok} | {errors + sum(v for k, v in codes.items() if k != '200')} |")
+PY
+}
+
+echo "| run | requests/s | p50 ms | p99 ms | 200s | failures |"
+echo "|---|---|---|---|---|---|"
+for n in 3 60; do
+  run "${n}-container Pod, full load (${CONNECTIONS} connections)" -D "$WORK/pod-$n.json"
+  run "${n}-container Pod, fixed ${RATE}/s" -D "$WORK/pod-$n.json" -q "$RATE"
+done
+echo
+echo "detour peak RSS: $(awk '/VmHWM/ {printf "%.1f MB", $2/1024}' /proc/$PID/status)"
+echo "machine: $(nproc) cores, oha on the same cores; $(oha --version)"
