@@ -80,5 +80,46 @@ fn bench(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench);
+/// A recorded-shape AdmissionReview body with `n` containers.
+fn review_body(n: usize) -> Vec<u8> {
+    let mut review: serde_json::Value = serde_json::from_str(include_str!(
+        "../tests/fixtures/kube-apiserver-v1.19-pod-create.json"
+    ))
+    .unwrap();
+    let template = review["request"]["object"]["spec"]["containers"][0].clone();
+    let images = pod_images();
+    let containers: Vec<serde_json::Value> = (0..n)
+        .map(|i| {
+            let mut c = template.clone();
+            c["name"] = format!("c{i}").into();
+            c["image"] = images[i % images.len()].clone().into();
+            c
+        })
+        .collect();
+    review["request"]["object"]["spec"]["containers"] = containers.into();
+    serde_json::to_vec(&review).unwrap()
+}
+
+fn bench_admission(c: &mut Criterion) {
+    let config = Config::from_yaml(
+        "rules: [{source: registry.k8s.io, kind: full-reference, target: m.daocloud.io}, {source: quay.io, kind: host, target: quay.m.daocloud.io}]",
+        "bench",
+    )
+    .unwrap();
+    for n in [3, 60] {
+        let body = review_body(n);
+        c.bench_function(&format!("admission review, {n}-container pod"), |b| {
+            b.iter(|| {
+                detour::admission::review(
+                    black_box(&body),
+                    detour::admission::Mode::Enforce,
+                    &config,
+                )
+                .unwrap()
+            })
+        });
+    }
+}
+
+criterion_group!(benches, bench, bench_admission);
 criterion_main!(benches);

@@ -184,23 +184,15 @@ fn self_signed_overlay_carries_the_ca_from_detour_certs() {
     assert!(status.success());
     let overlay = copy.join("overlays/self-signed");
     let certs = overlay.join("certs");
-    let out = Command::new(common::BIN)
-        .args([
-            "certs",
-            "--out",
-            certs.to_str().unwrap(),
-            "--service",
-            "detour",
-            "--namespace",
-            "detour-system",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::detour(&[
+        "certs",
+        "--out",
+        certs.to_str().unwrap(),
+        "--service",
+        "detour",
+        "--namespace",
+        "detour-system",
+    ]);
     let docs = render(&overlay);
     check_common(&docs);
     let secret = find(&docs, "Secret", "detour-tls");

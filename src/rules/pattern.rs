@@ -29,6 +29,26 @@ pub(crate) fn canonical_host(host: &str) -> String {
     }
 }
 
+/// Is `host` written as a registry host (not a Docker Hub namespace)?
+fn is_registry_host(host: &str) -> bool {
+    host.contains(['.', ':']) || host == "localhost" || host.starts_with('[')
+}
+
+/// Splits `host[/path]` and validates both parts; `what` names the value in errors.
+fn host_and_path<'t>(text: &'t str, what: &str) -> Result<(&'t str, &'t str), PatternError> {
+    let (host, path) = text.split_once('/').unwrap_or((text, ""));
+    validate_domain(host).map_err(|e| PatternError(format!("{what} {text:?}: {e}")))?;
+    if !is_registry_host(host) {
+        return err(format!(
+            "{what} {text:?}: {host:?} is not a registry host: write the registry host first (a host has a '.' or a ':' or is localhost; Docker Hub is docker.io)"
+        ));
+    }
+    if !path.is_empty() {
+        validate_path(path).map_err(|e| PatternError(format!("{what} {text:?}: {e}")))?;
+    }
+    Ok((host, path))
+}
+
 /// Which registries a rule covers.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum HostPattern {
@@ -60,29 +80,22 @@ impl SourcePattern {
                 path: String::new(),
             });
         }
-        let (host, path) = match text.split_once('/') {
-            Some((h, p)) => (h, p),
-            None => (text, ""),
-        };
-        if !path.is_empty() {
-            validate_path(path).map_err(|e| PatternError(format!("source {text:?}: {e}")))?;
-        }
-        if let Some(suffix) = host.strip_prefix("*.") {
-            validate_domain(suffix).map_err(|e| PatternError(format!("source {text:?}: {e}")))?;
+        if let Some(wild) = text.strip_prefix("*.") {
+            // `*.suffix[/path]`: validate `suffix[/path]` as a host and path.
+            let (suffix, path) = host_and_path(wild, "source")?;
             return Ok(Self {
                 host: HostPattern::Subdomains(suffix.to_ascii_lowercase()),
                 path: path.to_string(),
             });
         }
-        if host.contains('*') {
+        if text
+            .split('/')
+            .next()
+            .is_some_and(|host| host.contains('*'))
+        {
             return err(format!("source {text:?}: a wildcard may only be a whole leading label (*.example.com) or * alone"));
         }
-        if !(host.contains(['.', ':']) || host == "localhost" || host.starts_with('[')) {
-            return err(format!(
-                "source {text:?}: {host:?} is not a registry host (a host has a '.' or a ':' or is localhost; Docker Hub is docker.io)"
-            ));
-        }
-        validate_domain(host).map_err(|e| PatternError(format!("source {text:?}: {e}")))?;
+        let (host, path) = host_and_path(text, "source")?;
         Ok(Self {
             host: HostPattern::Exact(canonical_host(host)),
             path: path.to_string(),
@@ -135,19 +148,7 @@ impl RepoPrefix {
                 "target {text:?} must be a registry and path prefix, without tag or digest"
             ));
         }
-        let (domain, path) = match text.split_once('/') {
-            Some((d, p)) => (d, p),
-            None => (text, ""),
-        };
-        validate_domain(domain).map_err(|e| PatternError(format!("target {text:?}: {e}")))?;
-        if !(domain.contains(['.', ':']) || domain == "localhost" || domain.starts_with('[')) {
-            return err(format!(
-                "target {text:?}: {domain:?} is not a registry host (write the host first, e.g. docker.io/{text})"
-            ));
-        }
-        if !path.is_empty() {
-            validate_path(path).map_err(|e| PatternError(format!("target {text:?}: {e}")))?;
-        }
+        let (domain, path) = host_and_path(text, "target")?;
         Ok(Self {
             domain: canonical_host(domain),
             path: path.to_string(),
@@ -208,17 +209,7 @@ impl RepoSet {
                 "pattern {text:?}: only an exact repository (quay.io/org/app), a prefix (quay.io/org/**) or a host (quay.io) is allowed"
             ));
         }
-        let (host, path) = match body.split_once('/') {
-            Some((h, p)) => (h, p),
-            None => (body, ""),
-        };
-        validate_domain(host).map_err(|e| PatternError(format!("pattern {text:?}: {e}")))?;
-        if !(host.contains(['.', ':']) || host == "localhost" || host.starts_with('[')) {
-            return err(format!("pattern {text:?}: write the registry host first (docker.io/library/nginx, not nginx)"));
-        }
-        if !path.is_empty() {
-            validate_path(path).map_err(|e| PatternError(format!("pattern {text:?}: {e}")))?;
-        }
+        let (host, path) = host_and_path(body, "pattern")?;
         let key = if path.is_empty() {
             canonical_host(host)
         } else {

@@ -23,27 +23,30 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Writes certificates with `detour certs` (a real use of that command).
-pub fn make_certs(dir: &Path) {
-    let out = Command::new(BIN)
-        .args([
-            "certs",
-            "--out",
-            dir.to_str().unwrap(),
-            "--ip",
-            "127.0.0.1",
-            "--dns",
-            "localhost",
-            "--days",
-            "2",
-        ])
-        .output()
-        .unwrap();
+/// Runs the detour binary and insists that it succeeds.
+pub fn detour(args: &[&str]) -> std::process::Output {
+    let out = Command::new(BIN).args(args).output().unwrap();
     assert!(
         out.status.success(),
-        "{}",
+        "detour {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    out
+}
+
+/// Writes certificates with `detour certs` (a real use of that command).
+pub fn make_certs(dir: &Path) {
+    detour(&[
+        "certs",
+        "--out",
+        dir.to_str().unwrap(),
+        "--ip",
+        "127.0.0.1",
+        "--dns",
+        "localhost",
+        "--days",
+        "2",
+    ]);
 }
 
 pub struct Server {
