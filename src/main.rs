@@ -9,6 +9,11 @@ use clap::Parser;
 use detour::cli::{Cli, Command, ConfigCommand, LogFormat, ServeArgs};
 use detour::{certs, commands, server, tls};
 
+// The admission path allocates many small strings; mimalloc is measurably
+// faster than glibc malloc for it (README, Performance).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
@@ -63,7 +68,9 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
 }
 
 fn serve(args: &ServeArgs, cli: &Cli) -> anyhow::Result<()> {
-    init_logging(args.log_format);
+    // Log lines are written by a background thread, off the request path;
+    // the guard flushes them at exit.
+    let _log_guard = init_logging(args.log_format);
     // One crypto provider for the whole process.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let host = if args.dev {

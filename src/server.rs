@@ -18,7 +18,8 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use axum_server::tls_rustls::RustlsConfig;
+use axum_server::accept::NoDelayAcceptor;
+use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use crate::admission::{self, Disposition, Mode, Summary};
@@ -280,8 +281,12 @@ pub async fn run(opts: ServeOptions) -> Result<(), ServeError> {
     listener.set_nonblocking(true).map_err(ServeError::Server)?;
     let addr = listener.local_addr().map_err(ServeError::Server)?;
     let handle = axum_server::Handle::new();
-    let server = axum_server::from_tcp_rustls(listener, tls_config)
+    // TCP_NODELAY: a response of several segments must not wait for the
+    // client's delayed ACK (Nagle), which showed as 40 ms tail latency.
+    let acceptor = RustlsAcceptor::new(tls_config).acceptor(NoDelayAcceptor::new());
+    let server = axum_server::from_tcp(listener)
         .map_err(ServeError::Server)?
+        .acceptor(acceptor)
         .handle(handle.clone())
         .serve(webhook_router(state.clone()).into_make_service());
     let server_task = tokio::spawn(server);

@@ -310,21 +310,41 @@ fn truncate(text: &str) -> String {
     out
 }
 
-/// Serializes the response review, with the patch base64-encoded as the
-/// AdmissionReview API documents (kube serializes `Vec<u8>` as a number
-/// array, which the apiserver also accepts but is about three times larger).
-fn encode(response: AdmissionResponse) -> Vec<u8> {
-    let patch = response.patch.clone();
-    let review = response.into_review();
-    let mut value = match serde_json::to_value(&review) {
-        Ok(v) => v,
-        Err(_) => return Vec::new(),
+/// The response review as sent: kube's typed response, except that the patch
+/// is base64 as the AdmissionReview API documents (kube serializes its
+/// `Vec<u8>` as a number array, which the apiserver also accepts but which is
+/// about three times larger).
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ReviewOut<'a> {
+    api_version: &'a str,
+    kind: &'a str,
+    response: ResponseOut<'a>,
+}
+
+#[derive(serde::Serialize)]
+struct ResponseOut<'a> {
+    #[serde(flatten)]
+    response: &'a AdmissionResponse,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch: Option<String>,
+}
+
+fn encode(mut response: AdmissionResponse) -> Vec<u8> {
+    let patch = response
+        .patch
+        .take()
+        .map(|p| base64::engine::general_purpose::STANDARD.encode(p));
+    let types = response.types.clone();
+    let out = ReviewOut {
+        api_version: &types.api_version,
+        kind: &types.kind,
+        response: ResponseOut {
+            response: &response,
+            patch,
+        },
     };
-    if let (Some(patch), Some(resp)) = (patch, value.get_mut("response")) {
-        resp["patch"] =
-            serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(patch));
-    }
-    serde_json::to_vec(&value).unwrap_or_default()
+    serde_json::to_vec(&out).unwrap_or_default()
 }
 
 /// A JSON error body for requests that cannot be read.

@@ -10,7 +10,6 @@ use std::collections::BTreeMap;
 
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation, ReplaceOperation};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -28,9 +27,19 @@ pub const MIRROR_POD_ANNOTATION: &str = "kubernetes.io/config.mirror";
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct PodView {
     #[serde(default)]
-    pub metadata: ObjectMeta,
+    pub metadata: MetaView,
     #[serde(default)]
     pub spec: PodSpecView,
+}
+
+/// The metadata fields detour reads; `managedFields` and the rest are skipped.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MetaView {
+    pub name: Option<String>,
+    pub generate_name: Option<String>,
+    pub labels: Option<BTreeMap<String, String>>,
+    pub annotations: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
