@@ -138,7 +138,7 @@ async fn certificate_rotation_by_symlink_swap() {
         served_cert(&client_trusting(&trusted), &server).await,
         leaf_der(&b)
     );
-    assert!(server.logs().contains("new serving certificate refused"));
+    server.wait_log(&["new serving certificate refused"]);
     // Garbage is refused too.
     atomic_write(
         &cert_dir,
@@ -232,13 +232,8 @@ async fn config_reload_by_symlink_swap_keeps_the_last_good_config() {
     assert!(server
         .metrics()
         .contains(r#"detour_config_reloads_total{result="failure"} 1"#));
-    assert!(
-        server
-            .logs()
-            .contains("config.yaml:2:3: rules: source \\\"nginx\\\""),
-        "the log names file, line and reason:\n{}",
-        server.logs()
-    );
+    // The log names file, line and reason.
+    server.wait_log(&["config.yaml:2:3: rules: source \\\"nginx\\\""]);
 }
 
 #[tokio::test]

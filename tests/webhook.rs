@@ -67,9 +67,7 @@ async fn enforce_patch_applies_with_kubectl_and_changes_only_images() {
         .unwrap()
         .remove("managedFields");
     assert_eq!(normalised, before_without_managed);
-    assert!(server
-        .logs()
-        .contains("registry.k8s.io/ingress-nginx/controller:v1.9.4 -> m.daocloud.io"));
+    server.wait_log(&["registry.k8s.io/ingress-nginx/controller:v1.9.4 -> m.daocloud.io"]);
     assert!(server
         .metrics()
         .contains(r#"detour_admissions_total{mode="enforce",outcome="patched"} 1"#));
@@ -103,7 +101,7 @@ async fn audit_path_and_dry_run() {
         normal, dry_resp,
         "a server-side dry run is answered exactly as usual"
     );
-    assert!(server.logs().contains(r#""dry_run":true"#));
+    server.wait_log(&[r#""dry_run":true"#]);
 }
 
 #[tokio::test]
@@ -200,13 +198,12 @@ async fn skips_and_v1beta1() {
         .as_str()
         .unwrap()
         .contains("not a valid reference"));
-    let logs = server.logs();
-    assert!(
-        logs.contains("static mirror pod")
-            && logs.contains("detour.dev/skip=true")
-            && logs.contains("imagePullPolicy is Never")
-    );
-    assert!(logs.contains("not a valid image reference"));
+    server.wait_log(&[
+        "static mirror pod",
+        "detour.dev/skip=true",
+        "imagePullPolicy is Never",
+        "not a valid image reference",
+    ]);
 
     let beta = review(|r| {
         r["apiVersion"] = "admission.k8s.io/v1beta1".into();

@@ -147,6 +147,21 @@ impl Server {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Waits until every needle is in the log (lines are written by a
+    /// background thread, so they appear shortly after the request).
+    pub fn wait_log(&self, needles: &[&str]) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let logs = self.logs();
+            let missing: Vec<&&str> = needles.iter().filter(|n| !logs.contains(**n)).collect();
+            if missing.is_empty() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "log lacks {missing:?}:\n{logs}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn terminate(&self) {
         Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
