@@ -126,14 +126,12 @@ async fn certificate_rotation_by_symlink_swap() {
             ("tls.key", cert_files(&b)[1].1.clone()),
         ],
     );
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !server
-        .metrics()
-        .contains(r#"detour_tls_reloads_total{result="failure"} 1"#)
-    {
-        assert!(Instant::now() < deadline, "broken pair was not noticed");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    server
+        .wait_metric(
+            r#"detour_tls_reloads_total{result="failure"} 1"#,
+            "broken pair was not noticed",
+        )
+        .await;
     assert_eq!(
         served_cert(&client_trusting(&trusted), &server).await,
         leaf_der(&b)
@@ -148,14 +146,12 @@ async fn certificate_rotation_by_symlink_swap() {
             ("tls.key", b"nor a key".to_vec()),
         ],
     );
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !server
-        .metrics()
-        .contains(r#"detour_tls_reloads_total{result="failure"} 2"#)
-    {
-        assert!(Instant::now() < deadline, "garbage pair was not noticed");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    server
+        .wait_metric(
+            r#"detour_tls_reloads_total{result="failure"} 2"#,
+            "garbage pair was not noticed",
+        )
+        .await;
     assert_eq!(
         served_cert(&client_trusting(&trusted), &server).await,
         leaf_der(&b)
@@ -215,14 +211,12 @@ async fn config_reload_by_symlink_swap_keeps_the_last_good_config() {
             b"rules:\n  - source: nginx\n    kind: host\n".to_vec(),
         )],
     );
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !server
-        .metrics()
-        .contains("detour_config_last_reload_successful 0")
-    {
-        assert!(Instant::now() < deadline, "bad config was not noticed");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    server
+        .wait_metric(
+            "detour_config_last_reload_successful 0",
+            "bad config was not noticed",
+        )
+        .await;
     let (_, resp) = post(&client, &server.url("/mutate"), &body).await;
     assert_eq!(
         rewritten(&resp),

@@ -143,6 +143,15 @@ impl Server {
         http_get(self.admin, "/metrics").unwrap().1
     }
 
+    /// Waits until the metrics contain `needle`; `what` says what is awaited.
+    pub async fn wait_metric(&self, needle: &str, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.metrics().contains(needle) {
+            assert!(Instant::now() < deadline, "{what}: metrics lack {needle}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
