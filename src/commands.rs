@@ -29,18 +29,7 @@ pub enum CommandError {
 /// Loads the rules that the global flags select.
 pub fn load_config(args: &RuleArgs) -> Result<Config, ConfigError> {
     match &args.config {
-        Some(path) => {
-            let file = Config::load(path)?;
-            if args.presets.is_empty() {
-                Ok(file)
-            } else {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    file: path.display().to_string(),
-                    source,
-                })?;
-                Config::from_yaml_with_presets(&text, &path.display().to_string(), &args.presets)
-            }
-        }
+        Some(path) => Config::load_with_presets(path, &args.presets),
         None if !args.presets.is_empty() => {
             Config::from_yaml_with_presets("", "--preset", &args.presets)
         }

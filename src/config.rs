@@ -296,6 +296,11 @@ impl TryFrom<String> for RepoPattern {
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Self::load_with_presets(path, &[])
+    }
+
+    /// Reads and validates a config file, adding `extra` presets after its own.
+    pub fn load_with_presets(path: &Path, extra: &[PresetRef]) -> Result<Config, ConfigError> {
         let file = path.display().to_string();
         let meta = std::fs::metadata(path).map_err(|source| ConfigError::Read {
             file: file.clone(),
@@ -311,7 +316,7 @@ impl Config {
             file: file.clone(),
             source,
         })?;
-        Self::from_yaml(&text, &file)
+        Self::from_yaml_with_presets(&text, &file, extra)
     }
 
     pub fn embedded_default() -> Config {

@@ -354,14 +354,7 @@ fn spawn_config_reloader(
     let rules = opts.rules.clone();
     let shared = state.config.clone();
     let metrics = state.metrics.clone();
-    let fingerprint = move || {
-        std::fs::read(&path).ok().map(|bytes| {
-            use std::hash::{Hash, Hasher};
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            bytes.hash(&mut h);
-            h.finish()
-        })
-    };
+    let fingerprint = move || watch::fingerprint(&[path.as_path()]);
     let mut last = fingerprint();
     Some(watch::spawn(dir, opts.reload_interval, move || {
         let current = fingerprint();

@@ -56,16 +56,12 @@ impl TlsSource {
         self.cert_dir.join(KEY_FILE)
     }
 
-    /// A cheap change detector: a hash of the files' bytes (they are small).
+    /// Changes when the certificate, key or client CA files change.
     pub fn fingerprint(&self) -> Option<u64> {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        std::fs::read(self.cert_path()).ok()?.hash(&mut h);
-        std::fs::read(self.key_path()).ok()?.hash(&mut h);
-        if let Some(ca) = &self.client_ca {
-            std::fs::read(ca).ok()?.hash(&mut h);
-        }
-        Some(h.finish())
+        let (cert, key) = (self.cert_path(), self.key_path());
+        let mut paths = vec![cert.as_path(), key.as_path()];
+        paths.extend(self.client_ca.as_deref());
+        crate::watch::fingerprint(&paths)
     }
 
     pub fn load(&self) -> Result<LoadedTls, TlsError> {

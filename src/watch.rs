@@ -6,11 +6,22 @@
 //! periodic check is the safety net for file systems without events. The
 //! caller's check compares content, so spurious wake-ups are harmless.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
+
+/// A cheap change detector for small files: a hash of their bytes, or
+/// `None` while any of them cannot be read (mid-swap, or missing).
+pub fn fingerprint(paths: &[&Path]) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for path in paths {
+        std::fs::read(path).ok()?.hash(&mut h);
+    }
+    Some(h.finish())
+}
 
 /// Runs `check` whenever something in `dir` changes, and every `interval`.
 pub fn spawn(
