@@ -19,8 +19,8 @@ use std::collections::HashMap;
 use base64::Engine as _;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
 use kube::core::{DynamicObject, GroupVersionKind, GroupVersionResource, TypeMeta};
+use serde::de::IgnoredAny;
 use serde::Deserialize;
-use serde_json::value::RawValue;
 
 use crate::config::{Config, GlobalMode};
 use pod::{ContainerSkip, ImageChange, Plan, PodSkip, PodView, Scope};
@@ -104,19 +104,20 @@ pub struct Reviewed {
 }
 
 #[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ReviewEnvelope<'a> {
+#[serde(rename_all = "camelCase", bound(deserialize = "O: Deserialize<'de>"))]
+struct ReviewEnvelope<O> {
     #[serde(default)]
     api_version: String,
     #[serde(default)]
     kind: String,
-    #[serde(borrow)]
-    request: Option<RequestEnvelope<'a>>,
+    request: Option<RequestEnvelope<O>>,
 }
 
+/// The request; `O` is [`PodView`] on the fast path (one pass over the
+/// body), or `IgnoredAny` when the object is not a readable Pod.
 #[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct RequestEnvelope<'a> {
+#[serde(rename_all = "camelCase", bound(deserialize = "O: Deserialize<'de>"))]
+struct RequestEnvelope<O> {
     uid: String,
     kind: GroupVersionKind,
     resource: GroupVersionResource,
@@ -129,16 +130,61 @@ struct RequestEnvelope<'a> {
     operation: Operation,
     #[serde(default)]
     dry_run: bool,
-    #[serde(borrow, default)]
-    object: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    old_object: Option<&'a RawValue>,
+    #[serde(default = "none")]
+    object: Option<O>,
+    #[serde(default = "none")]
+    old_object: Option<O>,
+}
+
+fn none<O>() -> Option<O> {
+    None
+}
+
+/// The decoded objects, or why the object could not be read as a Pod.
+type Objects = Result<(Option<PodView>, Option<PodView>), String>;
+
+/// Decodes the body in one pass when it holds a readable Pod; otherwise
+/// decodes the envelope alone, so that other kinds are still answered.
+fn decode(body: &[u8]) -> Result<(ReviewEnvelope<IgnoredAny>, Objects), ReviewError> {
+    match serde_json::from_slice::<ReviewEnvelope<PodView>>(body) {
+        Ok(envelope) => {
+            let (request, objects) = match envelope.request {
+                Some(r) => {
+                    let objects = Ok((r.object, r.old_object));
+                    let request = RequestEnvelope {
+                        uid: r.uid,
+                        kind: r.kind,
+                        resource: r.resource,
+                        sub_resource: r.sub_resource,
+                        name: r.name,
+                        namespace: r.namespace,
+                        operation: r.operation,
+                        dry_run: r.dry_run,
+                        object: None,
+                        old_object: None,
+                    };
+                    (Some(request), objects)
+                }
+                None => (None, Ok((None, None))),
+            };
+            let envelope = ReviewEnvelope {
+                api_version: envelope.api_version,
+                kind: envelope.kind,
+                request,
+            };
+            Ok((envelope, objects))
+        }
+        Err(pod_error) => {
+            let envelope = serde_json::from_slice::<ReviewEnvelope<IgnoredAny>>(body)
+                .map_err(|e| ReviewError::Malformed(e.to_string()))?;
+            Ok((envelope, Err(format!("cannot read Pod: {pod_error}"))))
+        }
+    }
 }
 
 /// Answers one AdmissionReview body.
 pub fn review(body: &[u8], path_mode: Mode, config: &Config) -> Result<Reviewed, ReviewError> {
-    let envelope: ReviewEnvelope =
-        serde_json::from_slice(body).map_err(|e| ReviewError::Malformed(e.to_string()))?;
+    let (envelope, objects) = decode(body)?;
     let request = envelope.request.ok_or(ReviewError::MissingRequest)?;
     let mode = match config.mode {
         GlobalMode::Audit => Mode::Audit,
@@ -179,7 +225,7 @@ pub fn review(body: &[u8], path_mode: Mode, config: &Config) -> Result<Reviewed,
     // Anything below that goes wrong is detour's fault: answer "allowed,
     // unchanged" with the uid, never an error the apiserver would act on.
     let decided = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        decide(&request, mode, config, &mut summary)
+        decide(&request, objects, mode, config, &mut summary)
     }));
     let parts = match decided {
         Ok(Ok(parts)) => parts,
@@ -228,7 +274,8 @@ impl ResponseParts {
 }
 
 fn decide(
-    request: &RequestEnvelope,
+    request: &RequestEnvelope<IgnoredAny>,
+    objects: Objects,
     mode: Mode,
     config: &Config,
     summary: &mut Summary,
@@ -239,15 +286,8 @@ fn decide(
         (true, Operation::Update, Some("ephemeralcontainers")) => Scope::NewEphemeralContainers,
         _ => return Ok(None),
     };
-    let raw = request.object.ok_or("request has no object")?;
-    let pod: PodView =
-        serde_json::from_str(raw.get()).map_err(|e| format!("cannot read Pod: {e}"))?;
-    let old: Option<PodView> = match request.old_object {
-        Some(raw) if raw.get() != "null" => {
-            Some(serde_json::from_str(raw.get()).map_err(|e| format!("cannot read old Pod: {e}"))?)
-        }
-        _ => None,
-    };
+    let (pod, old) = objects?;
+    let pod = pod.ok_or("request has no object")?;
     if summary.name.is_empty() {
         summary.name = pod.display_name().to_string();
     }
