@@ -12,24 +12,24 @@ use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AdmissionLabels {
-    pub mode: String,
-    pub outcome: String,
+    pub mode: &'static str,
+    pub outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RewriteLabels {
-    pub mode: String,
+    pub mode: &'static str,
     pub rule: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
-    pub result: String,
+    pub result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
-    pub reason: String,
+    pub reason: &'static str,
 }
 
 pub struct Metrics {
@@ -126,7 +126,7 @@ impl Metrics {
     pub fn count_reload(family: &Family<ResultLabels, Counter>, ok: bool) {
         family
             .get_or_create(&ResultLabels {
-                result: if ok { "success" } else { "failure" }.into(),
+                result: if ok { "success" } else { "failure" },
             })
             .inc();
     }

@@ -142,6 +142,40 @@ impl Reference {
         })
     }
 
+    /// Builds a normalised reference from parts that are each valid under the
+    /// grammar (the rewriter's case), checking what joining them can break:
+    /// an empty path, the name length limit, and Docker Hub's `library/`.
+    pub(crate) fn from_valid_parts(
+        domain: &str,
+        path: String,
+        tag: Option<&str>,
+        digest: Option<&str>,
+    ) -> Result<Self, ReferenceError> {
+        if path.is_empty() {
+            return Err(ReferenceError::EmptyPath);
+        }
+        let domain = if domain == LEGACY_DOCKER_HUB {
+            DOCKER_HUB
+        } else {
+            domain
+        };
+        let path = if needs_library_prefix(domain, &path) {
+            format!("{OFFICIAL_PREFIX}{path}")
+        } else {
+            path
+        };
+        let name_len = domain.len() + 1 + path.len();
+        if name_len > NAME_TOTAL_LENGTH_MAX {
+            return Err(ReferenceError::NameTooLong(name_len));
+        }
+        Ok(Self {
+            domain: domain.to_string(),
+            path,
+            tag: tag.map(str::to_string),
+            digest: digest.map(str::to_string),
+        })
+    }
+
     pub fn domain(&self) -> &str {
         &self.domain
     }

@@ -116,13 +116,11 @@ fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
 
 async fn admit(State(state): State<AppState>, mode: Mode, request: Request) -> Response {
     let started = Instant::now();
-    let reject = |reason: &str, status: StatusCode, message: &str| {
+    let reject = |reason: &'static str, status: StatusCode, message: &str| {
         state
             .metrics
             .rejected_requests
-            .get_or_create(&ReasonLabels {
-                reason: reason.into(),
-            })
+            .get_or_create(&ReasonLabels { reason })
             .inc();
         tracing::warn!(status = status.as_u16(), reason, "{message}");
         json_response(status, admission::error_body(message))
@@ -185,15 +183,15 @@ fn record(metrics: &Metrics, s: &Summary) {
     metrics
         .admissions
         .get_or_create(&AdmissionLabels {
-            mode: mode.into(),
-            outcome: s.disposition.label().into(),
+            mode,
+            outcome: s.disposition.label(),
         })
         .inc();
     for c in &s.changes {
         metrics
             .rewrites
             .get_or_create(&RewriteLabels {
-                mode: mode.into(),
+                mode,
                 rule: c.rule.clone(),
             })
             .inc();

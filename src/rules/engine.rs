@@ -420,8 +420,10 @@ fn accept(rule: &Rule, host: &str, r: &Reference) -> Result<Option<Reference>, D
     apply(rule, host, r).map(Some)
 }
 
-/// Applies the transform. The result is re-parsed, so it is always a valid,
-/// normalised reference (length limits included).
+/// Applies the transform. Every part is valid by construction (validated
+/// targets and tokens, components of a parsed reference, a host checked as
+/// a path component), so only the length limit and Docker Hub's `library/`
+/// remain to check; the property tests re-parse every result.
 fn apply(rule: &Rule, host: &str, r: &Reference) -> Result<Reference, Decline> {
     let rest = strip_path_prefix(r.path(), &rule.source.path);
     let (domain, path) = match &rule.transform {
@@ -462,16 +464,8 @@ fn apply(rule: &Rule, host: &str, r: &Reference) -> Result<Reference, Decline> {
         DigestPolicy::Drop => None,
         _ => r.digest(),
     };
-    let mut text = format!("{domain}/{path}");
-    if let Some(tag) = r.tag() {
-        text.push(':');
-        text.push_str(tag);
-    }
-    if let Some(digest) = digest {
-        text.push('@');
-        text.push_str(digest);
-    }
-    Reference::parse(&text).map_err(|e| Decline::InvalidResult(e.to_string()))
+    Reference::from_valid_parts(domain, path, r.tag(), digest)
+        .map_err(|e| Decline::InvalidResult(e.to_string()))
 }
 
 fn strip_path_prefix<'p>(path: &'p str, prefix: &str) -> &'p str {
