@@ -22,6 +22,7 @@ use axum_server::accept::NoDelayAcceptor;
 use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
+use crate::admission::pod::ContainerSkipKind;
 use crate::admission::{self, Disposition, Mode, Summary};
 use crate::cli::RuleArgs;
 use crate::config::{Config, ConfigError};
@@ -197,7 +198,7 @@ fn record(metrics: &Metrics, s: &Summary) {
             .inc();
     }
     for skip in &s.skipped {
-        if skip.reason.starts_with("not a valid image reference") {
+        if skip.kind == ContainerSkipKind::InvalidReference {
             tracing::warn!(uid = %s.uid, namespace = %s.namespace, name = %s.name, container = %skip.container, image = %skip.image, reason = %skip.reason, "container skipped");
         } else {
             tracing::debug!(uid = %s.uid, namespace = %s.namespace, name = %s.name, container = %skip.container, reason = %skip.reason, "container skipped");

@@ -23,7 +23,7 @@ use serde::de::IgnoredAny;
 use serde::Deserialize;
 
 use crate::config::{Config, GlobalMode};
-use pod::{ContainerSkip, ImageChange, Plan, PodSkip, PodView, Scope};
+use pod::{ContainerSkip, ContainerSkipKind, ImageChange, Plan, PodSkip, PodView, Scope};
 
 /// How a request is answered: patched, or only reported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -303,7 +303,7 @@ fn decide(
         audit_annotations: HashMap::new(),
     };
     for skip in &plan.skipped {
-        if skip.reason.starts_with("not a valid image reference") {
+        if skip.kind == ContainerSkipKind::InvalidReference {
             parts.warnings.push(truncate(&format!(
                 "detour: {}: image {:?} is not a valid reference",
                 skip.container, skip.image

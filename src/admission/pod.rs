@@ -157,7 +157,15 @@ impl PodSkip {
 pub struct ContainerSkip {
     pub container: String,
     pub image: String,
+    pub kind: ContainerSkipKind,
     pub reason: String,
+}
+
+/// Why a container was left alone; invalid images are also warned about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContainerSkipKind {
+    PullPolicyNever,
+    InvalidReference,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -204,6 +212,7 @@ pub fn plan(pod: &PodView, old: Option<&PodView>, scope: Scope, config: &Config)
                 plan.skipped.push(ContainerSkip {
                     container: container.name.clone(),
                     image: image.to_string(),
+                    kind: ContainerSkipKind::PullPolicyNever,
                     reason: "imagePullPolicy is Never: the image must already be on the node under this name".into(),
                 });
                 continue;
@@ -220,6 +229,7 @@ pub fn plan(pod: &PodView, old: Option<&PodView>, scope: Scope, config: &Config)
                 Outcome::Invalid(e) => plan.skipped.push(ContainerSkip {
                     container: container.name.clone(),
                     image: image.to_string(),
+                    kind: ContainerSkipKind::InvalidReference,
                     reason: format!("not a valid image reference, allowed unchanged: {e}"),
                 }),
                 Outcome::Unchanged(..) | Outcome::Placeholder => {}
