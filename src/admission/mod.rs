@@ -292,7 +292,6 @@ fn decide(
         summary.name = pod.display_name().to_string();
     }
     let plan: Plan = pod::plan(&pod, old.as_ref(), scope, config);
-    summary.skipped = plan.skipped.clone();
     if let Some(skip) = plan.pod_skip {
         summary.disposition = Disposition::Skipped(skip);
         return Ok(None);
@@ -310,7 +309,6 @@ fn decide(
             )));
         }
     }
-    summary.changes = plan.changes.clone();
     if plan.changes.is_empty() {
         summary.disposition = Disposition::Unchanged;
     } else if mode == Mode::Audit {
@@ -337,6 +335,9 @@ fn decide(
         let annotate = scope == Scope::Create;
         parts.patch = Some(pod::patch(&pod, &plan, annotate));
     }
+    // The plan is no longer needed: hand its lists to the summary, not copies.
+    summary.changes = plan.changes;
+    summary.skipped = plan.skipped;
     Ok(Some(parts))
 }
 
