@@ -8,10 +8,8 @@
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::admission::pod::ContainerList;
 use crate::rules::{Outcome, RuleSet};
-
-/// The container lists of a Pod spec, in the order the webhook patches them.
-pub const CONTAINER_FIELDS: [&str; 3] = ["containers", "initContainers", "ephemeralContainers"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
@@ -82,7 +80,7 @@ pub fn rewrite_object(object: &mut Value, rules: &RuleSet, changes: &mut Vec<Cha
             None => return,
         }
     }
-    for field in CONTAINER_FIELDS {
+    for field in ContainerList::ALL.map(ContainerList::field) {
         let Some(containers) = spec.get_mut(field).and_then(Value::as_array_mut) else {
             continue;
         };

@@ -212,11 +212,6 @@ impl RuleSet {
         self.placeholders.iter().map(String::as_str)
     }
 
-    /// Mirror targets: references under any of these are never rewritten.
-    pub fn mirror_targets(&self) -> impl Iterator<Item = &str> {
-        self.mirrors.iter().map(String::as_str)
-    }
-
     /// Decides what to do with one image string.
     pub fn rewrite(&self, image: &str) -> Outcome<'_> {
         self.evaluate(image, &mut None)
