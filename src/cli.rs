@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::duration::parse_duration;
 use crate::presets::PresetRef;
 
 #[derive(Debug, Parser)]
@@ -51,6 +52,54 @@ pub enum Command {
     Serve(ServeArgs),
     /// Write a CA and a serving certificate for the webhook Service.
     Certs(CertsArgs),
+    /// Copy images into a mirror registry now (every platform, same digests).
+    Mirror(MirrorArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MirrorArgs {
+    /// Images to copy. Each goes where the config's rules rewrite it, or to --to.
+    #[arg(value_name = "SRC")]
+    pub images: Vec<String>,
+    /// Destination for a single image (a repository, with or without a tag).
+    #[arg(long, value_name = "DST")]
+    pub to: Option<String>,
+    /// A file of images, one per line (`#` comments and blank lines ignored).
+    #[arg(short = 'f', long = "file", value_name = "LIST")]
+    pub list: Vec<PathBuf>,
+    /// Copy every image that these Kubernetes manifests use and that the rules rewrite.
+    #[arg(long, value_name = "FILE")]
+    pub from_manifests: Vec<PathBuf>,
+    /// Copy only these platforms (os/arch[/variant]); changes the index digest.
+    #[arg(long, value_name = "PLATFORM")]
+    pub platform: Vec<crate::mirror::PlatformFilter>,
+    /// Docker config.json files with registry credentials (beside mirror.credentials).
+    #[arg(long, env = "DETOUR_MIRROR_CREDENTIALS", value_name = "FILE")]
+    pub credentials: Vec<PathBuf>,
+    /// Extra CA certificates (PEM) for registry TLS.
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Vec<PathBuf>,
+    /// Registries (host[:port]) reached over plain HTTP.
+    #[arg(long, value_name = "HOST")]
+    pub plain_http: Vec<String>,
+    /// Permit loopback registry addresses.
+    #[arg(long)]
+    pub allow_loopback: bool,
+    /// Blobs copied at once.
+    #[arg(long, value_name = "N")]
+    pub concurrency: Option<usize>,
+    /// Retries after connection errors, 5xx and 429.
+    #[arg(long, value_name = "N")]
+    pub retries: Option<u32>,
+    /// Limit for each registry request (and between reads of a blob).
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub timeout: Option<std::time::Duration>,
+    /// Text summary, or one JSON report per image.
+    #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+    /// No progress bar, even on a terminal.
+    #[arg(long)]
+    pub no_progress: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -160,22 +209,4 @@ pub struct CertsArgs {
     /// Validity of the serving certificate in days (the CA gets ten times as long).
     #[arg(long, default_value_t = 365, env = "DETOUR_CERTS_DAYS")]
     pub days: i64,
-}
-
-/// `500ms`, `5s`, `2m`, or a bare number of seconds.
-pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
-    let text = text.trim();
-    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => text.split_at(i),
-        None => (text, "s"),
-    };
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("invalid duration {text:?}: write e.g. 500ms, 5s or 2m"))?;
-    match unit {
-        "ms" => Ok(std::time::Duration::from_millis(n)),
-        "s" => Ok(std::time::Duration::from_secs(n)),
-        "m" => Ok(std::time::Duration::from_secs(n * 60)),
-        _ => Err(format!("invalid duration unit in {text:?}: use ms, s or m")),
-    }
 }

@@ -9,9 +9,12 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use crate::duration::ConfigDuration;
+use crate::mirror::PlatformFilter;
 use crate::presets::{self, PresetRef};
 use crate::rules::{
-    Alias, DigestPolicy, RepoPrefix, RepoSet, Rule, RuleOrigin, RuleSet, SourcePattern, Transform,
+    Alias, DigestPolicy, HostPattern, MirrorPolicy, RepoPrefix, RepoSet, Rule, RuleOrigin, RuleSet,
+    SourcePattern, Swap, Transform,
 };
 
 /// Config files larger than this are refused: a ConfigMap holds 1 MiB, and a
@@ -51,6 +54,7 @@ pub struct Config {
     pub rules: RuleSet,
     pub mode: GlobalMode,
     pub pull_policy_never: NeverPolicy,
+    pub mirror: MirrorSettings,
 }
 
 /// The file format. Field documentation is in the README ("Configuration").
@@ -71,6 +75,95 @@ struct ConfigFile {
     mode: GlobalMode,
     #[serde(default)]
     pull_policy_never: NeverPolicy,
+    #[serde(default)]
+    mirror: MirrorSettings,
+}
+
+/// `mirror:`: how detour reaches registries when it copies images or checks
+/// that the mirror has them. Used by `detour mirror` and by rules with
+/// `premirror` or `swap: if-present`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MirrorSettings {
+    /// Docker `config.json` files (a mounted dockerconfigjson Secret).
+    #[serde(default)]
+    pub credentials: Vec<std::path::PathBuf>,
+    /// PEM files of extra CAs that registry certificates may chain to.
+    #[serde(default)]
+    pub ca_files: Vec<std::path::PathBuf>,
+    /// Registries (`host[:port]`) reached over plain HTTP.
+    #[serde(default)]
+    pub plain_http: Vec<String>,
+    /// Permit loopback addresses (refused by default, like link-local and
+    /// cloud metadata addresses, which are always refused).
+    #[serde(default)]
+    pub allow_loopback: bool,
+    /// Copy only these platforms of multi-platform images. The copied index
+    /// then has another digest, so digest-pinned images are not swapped to it.
+    #[serde(default)]
+    pub platforms: Vec<PlatformFilter>,
+    #[serde(default = "defaults::blob_concurrency")]
+    pub blob_concurrency: usize,
+    /// Copies running at once per destination registry (webhook queue).
+    #[serde(default = "defaults::copies_per_registry")]
+    pub copies_per_registry: usize,
+    /// Copies waiting at most (webhook queue); beyond it, copies are dropped and counted.
+    #[serde(default = "defaults::queue_length")]
+    pub queue_length: usize,
+    #[serde(default = "defaults::request_timeout")]
+    pub request_timeout: ConfigDuration,
+    #[serde(default = "defaults::retries")]
+    pub retries: u32,
+    /// Time one admission may spend asking the mirror what it has.
+    #[serde(default = "defaults::lookup_budget")]
+    pub lookup_budget: ConfigDuration,
+    /// How long "the mirror has it" is believed.
+    #[serde(default = "defaults::present_ttl")]
+    pub present_ttl: ConfigDuration,
+    /// How long "the mirror lacks it" is believed.
+    #[serde(default = "defaults::absent_ttl")]
+    pub absent_ttl: ConfigDuration,
+    /// A finished copy is not queued again for this long.
+    #[serde(default = "defaults::recent_ttl")]
+    pub recent_ttl: ConfigDuration,
+}
+
+mod defaults {
+    use crate::duration::ConfigDuration;
+    use std::time::Duration;
+    pub fn blob_concurrency() -> usize {
+        6
+    }
+    pub fn copies_per_registry() -> usize {
+        2
+    }
+    pub fn queue_length() -> usize {
+        256
+    }
+    pub fn request_timeout() -> ConfigDuration {
+        ConfigDuration(Duration::from_secs(30))
+    }
+    pub fn retries() -> u32 {
+        4
+    }
+    pub fn lookup_budget() -> ConfigDuration {
+        ConfigDuration(Duration::from_millis(500))
+    }
+    pub fn present_ttl() -> ConfigDuration {
+        ConfigDuration(Duration::from_secs(300))
+    }
+    pub fn absent_ttl() -> ConfigDuration {
+        ConfigDuration(Duration::from_secs(10))
+    }
+    pub fn recent_ttl() -> ConfigDuration {
+        ConfigDuration(Duration::from_secs(600))
+    }
+}
+
+impl Default for MirrorSettings {
+    fn default() -> Self {
+        serde_yaml_ng::from_str("{}").expect("every mirror setting has a default")
+    }
 }
 
 /// `mode:` in the file. `audit` forces audit on every path; `enforce` lets
@@ -125,6 +218,10 @@ struct RawRule {
     skip: Vec<String>,
     #[serde(default)]
     renames: BTreeMap<String, String>,
+    #[serde(default)]
+    premirror: bool,
+    #[serde(default)]
+    swap: Swap,
 }
 
 /// One `rules:` entry: the rule and the exact renames it carries.
@@ -185,6 +282,20 @@ impl TryFrom<RawRule> for RuleSpec {
                 Transform::Keep
             }
         };
+        let mirror = MirrorPolicy {
+            premirror: raw.premirror,
+            swap: raw.swap,
+        };
+        if transform == Transform::Keep && (mirror.premirror || mirror.swap != Swap::Always) {
+            return Err(ctx("kind keep has no target to mirror into".into()));
+        }
+        if mirror.premirror && source.host == HostPattern::Any {
+            // The source host of a copy comes from the Pod: a rule for every
+            // registry would let any image string pick the host detour calls.
+            return Err(ctx(
+                "premirror copies only from registries the rule names; source `*` names every registry".into(),
+            ));
+        }
         let allow = RepoSet::parse(&raw.allow).map_err(|e| ctx(format!("allow: {e}")))?;
         let skip = RepoSet::parse(&raw.skip).map_err(|e| ctx(format!("skip: {e}")))?;
         let mut rules = vec![Rule {
@@ -195,6 +306,7 @@ impl TryFrom<RawRule> for RuleSpec {
             digests: raw.digests,
             allow,
             skip,
+            mirror,
         }];
         for (from, to) in &raw.renames {
             let from_pattern =
@@ -225,6 +337,7 @@ impl TryFrom<RawRule> for RuleSpec {
                 digests: raw.digests,
                 allow: RepoSet::default(),
                 skip: RepoSet::default(),
+                mirror,
             });
         }
         Ok(RuleSpec { rules })
@@ -330,6 +443,7 @@ impl Config {
                 rules: RuleSet::default(),
                 mode: GlobalMode::default(),
                 pull_policy_never: NeverPolicy::default(),
+                mirror: MirrorSettings::default(),
             }
         })
     }
@@ -377,12 +491,41 @@ impl Config {
                 file: origin.into(),
                 message: e.to_string(),
             })?;
+        let rejected = |message: String| ConfigError::Rejected {
+            file: origin.into(),
+            message,
+        };
+        if !file.mirror.platforms.is_empty() {
+            if let Some(rule) = rules.iter().find(|r| {
+                r.mirror.premirror
+                    && r.mirror.swap == Swap::Always
+                    && matches!(r.digests, DigestPolicy::Keep | DigestPolicy::Require)
+            }) {
+                return Err(rejected(format!(
+                    "rule {:?}: with mirror.platforms the copied index has another digest, so digest-pinned images would be sent to a digest the mirror lacks; use swap: if-present, or digests: skip or drop",
+                    rule.name
+                )));
+            }
+        }
+        let limits = [
+            ("blobConcurrency", file.mirror.blob_concurrency, 64),
+            ("copiesPerRegistry", file.mirror.copies_per_registry, 64),
+            ("queueLength", file.mirror.queue_length, 100_000),
+        ];
+        for (name, value, max) in limits {
+            if value == 0 || value > max {
+                return Err(rejected(format!(
+                    "mirror.{name} must be between 1 and {max} (got {value})"
+                )));
+            }
+        }
         Ok(Config {
             origin: origin.to_string(),
             presets: preset_refs,
             rules: RuleSet::new(rules, aliases, skip, file.placeholders),
             mode: file.mode,
             pull_policy_never: file.pull_policy_never,
+            mirror: file.mirror,
         })
     }
 }

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use detour::cli::{Cli, Command, ConfigCommand, LogFormat, ServeArgs};
-use detour::{certs, commands, server, tls};
+use detour::{certs, commands, mirror_command, server, tls};
 
 // The admission path allocates many small strings; mimalloc is measurably
 // faster than glibc malloc for it (README, Performance).
@@ -61,6 +61,18 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Serve(args) => {
             serve(args, &cli)?;
             0
+        }
+        Command::Mirror(args) => {
+            let _log_guard = init_logging(LogFormat::Text);
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let config = commands::load_config(&cli.rules)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the runtime")?;
+            runtime
+                .block_on(mirror_command::run(args, &config, &mut stdout.lock()))
+                .map_err(|e| anyhow::anyhow!(e))?
         }
     };
     stdout.lock().flush()?;

@@ -194,6 +194,7 @@ pub fn expand(preset: &PresetRef) -> Result<(Vec<Rule>, Vec<Alias>), String> {
                 digests: DigestPolicy::Keep,
                 allow: RepoSet::default(),
                 skip: own_host,
+                mirror: Default::default(),
             };
             Ok((vec![rule], vec![]))
         }

@@ -116,6 +116,36 @@ pub struct Rule {
     pub allow: RepoSet,
     /// These repositories are never rewritten by this rule.
     pub skip: RepoSet,
+    /// Pre-mirroring: copy on admission, and when to swap.
+    pub mirror: MirrorPolicy,
+}
+
+/// When a rule's rewrite is applied (issue: pre-mirroring).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Swap {
+    /// Rewrite whether or not the mirror has the image.
+    #[default]
+    Always,
+    /// Rewrite only when the mirror has the manifest (checked at admission).
+    IfPresent,
+}
+
+impl Swap {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Swap::Always => "always",
+            Swap::IfPresent => "if-present",
+        }
+    }
+}
+
+/// A rule's pre-mirroring settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MirrorPolicy {
+    /// Copy images this rule rewrites into its target after admission.
+    pub premirror: bool,
+    pub swap: Swap,
 }
 
 /// Why a rule that covers a reference does not rewrite it.

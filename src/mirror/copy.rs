@@ -1,0 +1,345 @@
+//! Copying one image (every platform, byte for byte) between registries.
+//!
+//! Layer: adapter, on [`RegistryClient`]. The order is what keeps a
+//! half-finished copy invisible: all blobs, then the child manifests (by
+//! digest), then the top manifest by digest, and only then the tag. A copy
+//! interrupted at any point leaves no tag pointing at missing content, and
+//! running it again finishes the job, skipping what already arrived.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures_util::{StreamExt, TryStreamExt};
+
+use super::client::{backoff, ManifestBytes, RegistryClient, Repo, UploadStart};
+use super::digest::Hasher;
+use super::manifest::{self, ManifestKind, PlatformFilter, Target};
+use super::MirrorError;
+use crate::reference::Reference;
+
+#[derive(Debug, Clone)]
+pub struct CopyOptions {
+    /// Blobs in flight at once.
+    pub blob_concurrency: usize,
+    /// Copy only these platforms of an index (the copied index then has
+    /// another digest). Empty: every platform, same digest.
+    pub platforms: Vec<PlatformFilter>,
+    /// Whole-blob retries after a connection error or 5xx mid-transfer.
+    pub retries: u32,
+}
+
+impl Default for CopyOptions {
+    fn default() -> Self {
+        CopyOptions {
+            blob_concurrency: 6,
+            platforms: vec![],
+            retries: 4,
+        }
+    }
+}
+
+/// Progress callbacks (the CLI's progress bar, the webhook's byte counter).
+pub trait Observer: Send + Sync {
+    /// Bytes of a blob that will be sent.
+    fn planned(&self, _bytes: u64) {}
+    /// Bytes that passed through (streamed to the destination).
+    fn transferred(&self, _bytes: u64) {}
+}
+
+/// An observer that ignores everything.
+pub struct Quiet;
+impl Observer for Quiet {}
+
+/// What a copy did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CopyReport {
+    pub source: String,
+    pub destination: String,
+    /// The digest of the copied top manifest.
+    pub digest: String,
+    pub manifests_copied: u64,
+    pub manifests_skipped: u64,
+    pub blobs_copied: u64,
+    pub blobs_skipped: u64,
+    pub blobs_mounted: u64,
+    pub bytes_copied: u64,
+    /// Index entries left out by the platform filter.
+    pub platforms_dropped: u64,
+}
+
+impl CopyReport {
+    pub fn add(&mut self, other: &CopyReport) {
+        self.manifests_copied += other.manifests_copied;
+        self.manifests_skipped += other.manifests_skipped;
+        self.blobs_copied += other.blobs_copied;
+        self.blobs_skipped += other.blobs_skipped;
+        self.blobs_mounted += other.blobs_mounted;
+        self.bytes_copied += other.bytes_copied;
+        self.platforms_dropped += other.platforms_dropped;
+    }
+}
+
+enum BlobOutcome {
+    Copied(u64),
+    Skipped,
+    Mounted,
+}
+
+pub struct Copier {
+    client: Arc<RegistryClient>,
+    options: CopyOptions,
+}
+
+impl Copier {
+    pub fn new(client: Arc<RegistryClient>, options: CopyOptions) -> Self {
+        Copier { client, options }
+    }
+
+    pub fn client(&self) -> &Arc<RegistryClient> {
+        &self.client
+    }
+
+    /// Copies `source` to `destination`. The destination tag is its own tag,
+    /// else the source's tag; a `name:tag@digest` source copies that digest
+    /// and points the tag at it. A digest on the destination must be what
+    /// the copy produces.
+    pub async fn copy(
+        &self,
+        source: &Reference,
+        destination: &Reference,
+        observer: Arc<dyn Observer>,
+    ) -> Result<CopyReport, MirrorError> {
+        let src = Repo::of(source);
+        let dst = Repo::of(destination);
+        let src_ref = source
+            .digest()
+            .or(source.tag())
+            .unwrap_or("latest")
+            .to_string();
+        let tag = destination
+            .tag()
+            .or(source.tag())
+            .or(if source.digest().is_none() {
+                Some("latest")
+            } else {
+                None
+            })
+            .map(str::to_string);
+        let mut report = CopyReport {
+            source: source.to_string(),
+            destination: destination.to_string(),
+            ..CopyReport::default()
+        };
+        let mut top = self.client.get_manifest(&src, &src_ref).await?;
+        let mut children: Vec<Target> = Vec::new();
+        if manifest::kind(&top.media_type) == Some(ManifestKind::Index) {
+            children = manifest::children(&top.bytes)?;
+            if let Some((bytes, kept)) =
+                manifest::filter_index(&top.bytes, &self.options.platforms)?
+            {
+                report.platforms_dropped = (children.len() - kept.len()) as u64;
+                children = kept;
+                top = ManifestBytes {
+                    digest: super::digest::digest_of(&bytes, None)?,
+                    media_type: top.media_type,
+                    bytes: bytes.into(),
+                };
+            }
+        }
+        if let Some(expected) = destination.digest() {
+            if expected != top.digest {
+                return Err(MirrorError::Invalid(format!(
+                    "{destination}: the copy has digest {} (platform filter: {}), not the digest the destination names",
+                    top.digest,
+                    if report.platforms_dropped > 0 { "dropped some platforms" } else { "none" }
+                )));
+            }
+        }
+        report.digest = top.digest.clone();
+
+        // Already complete at the destination: at most the tag moves.
+        if self
+            .client
+            .manifest_digest(&dst, &top.digest)
+            .await?
+            .is_some()
+        {
+            report.manifests_skipped += 1 + children.len() as u64;
+            self.tag(&dst, tag.as_deref(), &top, &mut report).await?;
+            return Ok(report);
+        }
+
+        // Child manifests and the blobs they need.
+        let mut child_manifests = Vec::new();
+        let mut blobs: Vec<Target> = Vec::new();
+        let mut seen = HashSet::new();
+        let mut push_blobs = |list: Vec<Target>, blobs: &mut Vec<Target>| {
+            for b in list {
+                if seen.insert(b.digest.clone()) {
+                    blobs.push(b);
+                }
+            }
+        };
+        if children.is_empty() {
+            push_blobs(manifest::blobs(&top.bytes)?, &mut blobs);
+        }
+        for child in &children {
+            if self
+                .client
+                .manifest_digest(&dst, &child.digest)
+                .await?
+                .is_some()
+            {
+                report.manifests_skipped += 1;
+                continue;
+            }
+            let m = self.client.get_manifest(&src, &child.digest).await?;
+            if manifest::kind(&m.media_type) != Some(ManifestKind::Image) {
+                return Err(MirrorError::Unsupported(format!(
+                    "{source}: nested index {} is not supported",
+                    child.digest
+                )));
+            }
+            push_blobs(manifest::blobs(&m.bytes)?, &mut blobs);
+            child_manifests.push(m);
+        }
+
+        let concurrency = self.options.blob_concurrency.max(1);
+        let outcomes: Vec<BlobOutcome> = futures_util::stream::iter(blobs.iter())
+            .map(|blob| self.copy_blob(&src, &dst, blob, observer.clone()))
+            .buffer_unordered(concurrency)
+            .try_collect()
+            .await?;
+        for outcome in outcomes {
+            match outcome {
+                BlobOutcome::Copied(n) => {
+                    report.blobs_copied += 1;
+                    report.bytes_copied += n;
+                }
+                BlobOutcome::Skipped => report.blobs_skipped += 1,
+                BlobOutcome::Mounted => report.blobs_mounted += 1,
+            }
+        }
+        for m in &child_manifests {
+            self.client.put_manifest(&dst, &m.digest, m).await?;
+            report.manifests_copied += 1;
+        }
+        self.client.put_manifest(&dst, &top.digest, &top).await?;
+        report.manifests_copied += 1;
+        self.tag(&dst, tag.as_deref(), &top, &mut report).await?;
+        Ok(report)
+    }
+
+    async fn tag(
+        &self,
+        dst: &Repo,
+        tag: Option<&str>,
+        top: &ManifestBytes,
+        _report: &mut CopyReport,
+    ) -> Result<(), MirrorError> {
+        let Some(tag) = tag else { return Ok(()) };
+        if self.client.manifest_digest(dst, tag).await?.as_deref() == Some(top.digest.as_str()) {
+            return Ok(());
+        }
+        self.client.put_manifest(dst, tag, top).await
+    }
+
+    async fn copy_blob(
+        &self,
+        src: &Repo,
+        dst: &Repo,
+        blob: &Target,
+        observer: Arc<dyn Observer>,
+    ) -> Result<BlobOutcome, MirrorError> {
+        let mut attempt = 0;
+        loop {
+            match self.copy_blob_once(src, dst, blob, observer.clone()).await {
+                Err(e) if e.is_retryable() && attempt < self.options.retries => {
+                    tracing::debug!(blob = %blob.digest, attempt, error = %e, "retrying blob");
+                    tokio::time::sleep(backoff(attempt)).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn copy_blob_once(
+        &self,
+        src: &Repo,
+        dst: &Repo,
+        blob: &Target,
+        observer: Arc<dyn Observer>,
+    ) -> Result<BlobOutcome, MirrorError> {
+        if self.client.blob_exists(dst, &blob.digest).await? {
+            return Ok(BlobOutcome::Skipped);
+        }
+        let mount = (src.host == dst.host && src.path != dst.path)
+            .then(|| (blob.digest.as_str(), src.path.as_str()));
+        let session = match self.client.start_upload(dst, mount).await? {
+            UploadStart::Mounted => return Ok(BlobOutcome::Mounted),
+            UploadStart::Session(url) => url,
+        };
+        observer.planned(blob.size);
+        let response = match self.client.get_blob(src, &blob.digest).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.client.cancel_upload(dst, session).await;
+                return Err(e);
+            }
+        };
+        let state = Arc::new(Mutex::new(Hasher::for_digest(&blob.digest)?));
+        let count = Arc::new(AtomicU64::new(0));
+        let expected = blob.size;
+        let body = {
+            let state = state.clone();
+            let count = count.clone();
+            response.bytes_stream().map(move |chunk| {
+                let chunk = chunk?;
+                let total =
+                    count.fetch_add(chunk.len() as u64, Ordering::Relaxed) + chunk.len() as u64;
+                if total > expected {
+                    // Stop a source that sends more than the manifest says.
+                    return Err(std::io::Error::other("blob is larger than its descriptor").into());
+                }
+                state
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .update(&chunk);
+                observer.transferred(chunk.len() as u64);
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(chunk)
+            })
+        };
+        let session = match self
+            .client
+            .upload_stream(dst, session.clone(), reqwest::Body::wrap_stream(body))
+            .await
+        {
+            Ok(next) => next,
+            Err(e) => {
+                self.client.cancel_upload(dst, session).await;
+                return Err(e);
+            }
+        };
+        let sent = count.load(Ordering::Relaxed);
+        let hasher = match Arc::try_unwrap(state) {
+            Ok(m) => m.into_inner().unwrap_or_else(|p| p.into_inner()),
+            Err(_) => return Err(MirrorError::Invalid("blob stream still in use".into())),
+        };
+        let actual = hasher.finish();
+        if actual != blob.digest || sent != expected {
+            self.client.cancel_upload(dst, session).await;
+            return Err(MirrorError::DigestMismatch {
+                what: format!("blob {src}@{}", blob.digest),
+                expected: format!("{} ({expected} bytes)", blob.digest),
+                actual: format!("{actual} ({sent} bytes)"),
+            });
+        }
+        self.client
+            .finish_upload(dst, session, &blob.digest)
+            .await?;
+        Ok(BlobOutcome::Copied(sent))
+    }
+}

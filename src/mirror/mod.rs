@@ -1,0 +1,159 @@
+//! Pre-mirroring: copying images into a self-hosted mirror, and knowing
+//! whether the mirror has them.
+//!
+//! Layer: adapter (network I/O) beside the pure core. [`client`] speaks the
+//! Distribution API (auth, retries, timeouts) behind the address checks of
+//! [`safety`]; [`copy`] copies one image in an order that never publishes a
+//! tag before its content; [`manifest`] reads what manifests refer to.
+//! The webhook side — the copy queue and the presence cache — lives in
+//! [`queue`] and [`presence`].
+
+pub mod auth;
+pub mod client;
+pub mod copy;
+pub mod digest;
+pub mod manifest;
+pub mod safety;
+
+pub use auth::{CredentialStore, Credentials};
+pub use client::{ClientSettings, RegistryClient, Repo};
+pub use copy::{Copier, CopyOptions, CopyReport, Observer, Quiet};
+pub use manifest::PlatformFilter;
+
+/// Why a registry operation failed. Messages never carry credentials.
+#[derive(Debug, thiserror::Error)]
+pub enum MirrorError {
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error("credentials: {0}")]
+    Credentials(String),
+    #[error("{host}: authentication failed: {reason}")]
+    Unauthorized { host: String, reason: String },
+    #[error("{op}: {message}")]
+    Transport { op: String, message: String },
+    #[error("{op}: registry answered {status}{detail}")]
+    Status {
+        op: String,
+        status: u16,
+        detail: String,
+    },
+    #[error("{what}: digest mismatch: expected {expected}, got {actual}")]
+    DigestMismatch {
+        what: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl MirrorError {
+    /// Connection problems, 5xx, 429 and 408 may succeed on a later try.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            MirrorError::Transport { .. } => true,
+            MirrorError::Status { status, .. } => {
+                *status >= 500 || *status == 429 || *status == 408
+            }
+            _ => false,
+        }
+    }
+
+    pub(crate) fn transport(op: &str, e: reqwest::Error) -> Self {
+        // Without the URL: upload URLs carry long session state.
+        let e = e.without_url();
+        let mut message = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            message.push_str(": ");
+            message.push_str(&s.to_string());
+            source = s.source();
+        }
+        MirrorError::Transport {
+            op: op.to_string(),
+            message,
+        }
+    }
+
+    /// A non-success answer, with the registry's first error code if any.
+    pub(crate) async fn status(op: &str, response: reqwest::Response) -> Self {
+        let status = response.status().as_u16();
+        let detail = match response.bytes().await {
+            Ok(body) => registry_error(&body),
+            Err(_) => String::new(),
+        };
+        MirrorError::Status {
+            op: op.to_string(),
+            status,
+            detail,
+        }
+    }
+}
+
+/// `: CODE: message` from a Distribution error body, at most 200 characters.
+fn registry_error(body: &[u8]) -> String {
+    #[derive(serde::Deserialize)]
+    struct Body {
+        errors: Vec<Item>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Item {
+        code: Option<String>,
+        message: Option<String>,
+    }
+    let Ok(parsed) = serde_json::from_slice::<Body>(body) else {
+        return String::new();
+    };
+    let Some(first) = parsed.errors.into_iter().next() else {
+        return String::new();
+    };
+    let text = format!(
+        ": {}: {}",
+        first.code.unwrap_or_default(),
+        first.message.unwrap_or_default()
+    );
+    text.chars().take(200).collect()
+}
+
+/// A registry client configured by the `mirror:` settings: reads the
+/// credential and CA files they name.
+pub fn client_for(
+    settings: &crate::config::MirrorSettings,
+) -> Result<std::sync::Arc<RegistryClient>, MirrorError> {
+    let mut extra_roots = Vec::new();
+    for path in &settings.ca_files {
+        let pem = std::fs::read(path)
+            .map_err(|e| MirrorError::Invalid(format!("{}: cannot read: {e}", path.display())))?;
+        let certs: Vec<_> = rustls_pki_types::pem::PemObject::pem_slice_iter(&pem)
+            .collect::<Result<_, _>>()
+            .map_err(|e| MirrorError::Invalid(format!("{}: {e:?}", path.display())))?;
+        if certs.is_empty() {
+            return Err(MirrorError::Invalid(format!(
+                "{}: no PEM certificate",
+                path.display()
+            )));
+        }
+        extra_roots.extend(certs);
+    }
+    RegistryClient::new(ClientSettings {
+        plain_http: settings.plain_http.clone(),
+        extra_roots,
+        credentials: CredentialStore::load(&settings.credentials)?,
+        policy: safety::AddressPolicy {
+            allow_loopback: settings.allow_loopback,
+        },
+        request_timeout: settings.request_timeout.0,
+        retries: settings.retries,
+    })
+}
+
+/// Copy options from the `mirror:` settings.
+pub fn copy_options(settings: &crate::config::MirrorSettings) -> CopyOptions {
+    CopyOptions {
+        blob_concurrency: settings.blob_concurrency,
+        platforms: settings.platforms.clone(),
+        retries: settings.retries,
+    }
+}

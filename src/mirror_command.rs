@@ -1,0 +1,227 @@
+//! `detour mirror`: copy images now, with a progress bar and a summary.
+//!
+//! Layer: runtime wiring for the CLI. Decides what goes where (arguments,
+//! lists, manifests; destinations from `--to` or the config's rules), then
+//! runs the copy engine image by image.
+
+use std::io::{IsTerminal, Write};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::cli::{MirrorArgs, OutputFormat};
+use crate::config::{Config, MirrorSettings};
+use crate::mirror::{self, Copier, CopyReport, Observer};
+use crate::reference::Reference;
+use crate::rules::Outcome;
+
+/// One planned copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyJob {
+    pub source: Reference,
+    pub destination: Reference,
+}
+
+/// Lists larger than this are refused.
+const MAX_LIST_BYTES: u64 = 64 * 1024 * 1024;
+
+fn read_limited(path: &std::path::Path) -> Result<String, String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if meta.len() > MAX_LIST_BYTES {
+        return Err(format!(
+            "{}: more than {MAX_LIST_BYTES} bytes",
+            path.display()
+        ));
+    }
+    std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// What to copy where. Every image needs a destination: `--to` (one image
+/// only) or a rule that rewrites it.
+pub fn plan(args: &MirrorArgs, config: &Config) -> Result<Vec<CopyJob>, String> {
+    let mut sources: Vec<String> = args.images.clone();
+    for path in &args.list {
+        let text = read_limited(path)?;
+        sources.extend(
+            text.lines()
+                .map(|l| l.split('#').next().unwrap_or("").trim())
+                .filter(|l| !l.is_empty())
+                .map(str::to_string),
+        );
+    }
+    let mut jobs = Vec::new();
+    for path in &args.from_manifests {
+        let text = read_limited(path)?;
+        let (_, changes) = crate::manifest::rewrite_text(&text, &config.rules)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        for change in changes {
+            jobs.push(job(&change.from, &change.to)?);
+        }
+    }
+    if let Some(to) = &args.to {
+        if sources.len() != 1 || !jobs.is_empty() {
+            return Err("--to takes exactly one source image".into());
+        }
+        jobs.push(job(&sources[0], to)?);
+    } else {
+        for source in &sources {
+            match config.rules.rewrite(source) {
+                Outcome::Rewritten { to, .. } => jobs.push(job(source, &to.to_string())?),
+                Outcome::Invalid(e) => return Err(format!("{source:?}: {e}")),
+                Outcome::Unchanged(..) | Outcome::Placeholder => {
+                    return Err(format!(
+                        "{source}: no rule rewrites this image; give --to or a rule (try `detour explain {source}`)"
+                    ))
+                }
+            }
+        }
+    }
+    if jobs.is_empty() {
+        return Err("nothing to copy: give images, -f LIST or --from-manifests FILE".into());
+    }
+    let mut seen = std::collections::HashSet::new();
+    jobs.retain(|j| seen.insert((j.source.to_string(), j.destination.to_string())));
+    Ok(jobs)
+}
+
+fn job(source: &str, destination: &str) -> Result<CopyJob, String> {
+    Ok(CopyJob {
+        source: Reference::parse(source).map_err(|e| format!("{source:?}: {e}"))?,
+        destination: Reference::parse(destination).map_err(|e| format!("{destination:?}: {e}"))?,
+    })
+}
+
+/// The config's `mirror:` settings with the command's flags on top.
+pub fn settings(args: &MirrorArgs, config: &Config) -> MirrorSettings {
+    let mut s = config.mirror.clone();
+    s.credentials.extend(args.credentials.iter().cloned());
+    s.ca_files.extend(args.ca_file.iter().cloned());
+    s.plain_http.extend(args.plain_http.iter().cloned());
+    s.allow_loopback |= args.allow_loopback;
+    if !args.platform.is_empty() {
+        s.platforms = args.platform.clone();
+    }
+    if let Some(n) = args.concurrency {
+        s.blob_concurrency = n.clamp(1, 64);
+    }
+    if let Some(n) = args.retries {
+        s.retries = n;
+    }
+    if let Some(t) = args.timeout {
+        s.request_timeout = crate::duration::ConfigDuration(t);
+    }
+    s
+}
+
+struct Bar(indicatif::ProgressBar);
+
+impl Observer for Bar {
+    fn planned(&self, bytes: u64) {
+        self.0.inc_length(bytes);
+    }
+    fn transferred(&self, bytes: u64) {
+        self.0.inc(bytes);
+    }
+}
+
+/// Runs the command; returns the exit code (1 when any copy failed).
+pub async fn run(args: &MirrorArgs, config: &Config, out: &mut dyn Write) -> Result<i32, String> {
+    let jobs = plan(args, config)?;
+    let settings = settings(args, config);
+    let client = mirror::client_for(&settings).map_err(|e| e.to_string())?;
+    let copier = Copier::new(client, mirror::copy_options(&settings));
+    let show_bar = !args.no_progress && std::io::stderr().is_terminal();
+    let bar = indicatif::ProgressBar::new(0);
+    if show_bar {
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+    } else {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let observer: Arc<dyn Observer> = Arc::new(Bar(bar.clone()));
+    let io = |e: std::io::Error| format!("stdout: {e}");
+    let started = Instant::now();
+    let mut total = CopyReport::default();
+    let mut failed = 0usize;
+    for job in &jobs {
+        bar.set_message(job.source.to_string());
+        let one = Instant::now();
+        let result = copier
+            .copy(&job.source, &job.destination, observer.clone())
+            .await;
+        let seconds = one.elapsed().as_secs_f64();
+        match (&result, args.output) {
+            (Ok(report), OutputFormat::Json) => {
+                let mut value = serde_json::to_value(report).unwrap_or_default();
+                value["seconds"] = serde_json::json!(seconds);
+                bar.suspend(|| writeln!(out, "{value}")).map_err(io)?;
+            }
+            (Ok(report), OutputFormat::Text) => {
+                bar.suspend(|| writeln!(out, "{}", describe(report, seconds)))
+                    .map_err(io)?;
+            }
+            (Err(e), OutputFormat::Json) => {
+                let value = serde_json::json!({
+                    "source": job.source.to_string(),
+                    "destination": job.destination.to_string(),
+                    "error": e.to_string(),
+                });
+                bar.suspend(|| writeln!(out, "{value}")).map_err(io)?;
+            }
+            (Err(e), OutputFormat::Text) => {
+                bar.suspend(|| writeln!(out, "FAILED {} -> {}: {e}", job.source, job.destination))
+                    .map_err(io)?;
+            }
+        }
+        match result {
+            Ok(report) => total.add(&report),
+            Err(_) => failed += 1,
+        }
+    }
+    bar.finish_and_clear();
+    if args.output == OutputFormat::Text && jobs.len() > 1 {
+        writeln!(
+            out,
+            "total: {} images ({} failed); {}",
+            jobs.len(),
+            failed,
+            counts(&total, started.elapsed().as_secs_f64())
+        )
+        .map_err(io)?;
+    }
+    Ok(if failed == 0 { 0 } else { 1 })
+}
+
+fn describe(r: &CopyReport, seconds: f64) -> String {
+    format!(
+        "copied {} -> {} ({}): {}",
+        r.source,
+        r.destination,
+        r.digest,
+        counts(r, seconds)
+    )
+}
+
+fn counts(r: &CopyReport, seconds: f64) -> String {
+    let mut text = format!(
+        "manifests {} copied, {} skipped; blobs {} copied, {} skipped, {} mounted; {} in {:.1}s",
+        r.manifests_copied,
+        r.manifests_skipped,
+        r.blobs_copied,
+        r.blobs_skipped,
+        r.blobs_mounted,
+        indicatif::HumanBytes(r.bytes_copied),
+        seconds
+    );
+    if r.platforms_dropped > 0 {
+        text.push_str(&format!(
+            "; {} platforms left out by the filter",
+            r.platforms_dropped
+        ));
+    }
+    text
+}
