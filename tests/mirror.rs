@@ -222,3 +222,199 @@ async fn blobs_are_mounted_across_repositories_of_one_registry() {
     assert_eq!(reports[0]["bytesCopied"], 0);
     assert_eq!(skopeo_digest(&registry, "mirror/app:v1"), image.digest());
 }
+
+#[tokio::test]
+async fn basic_auth_over_tls_uses_docker_config_credentials_and_never_logs_them() {
+    let source = Registry::start(RegistryOptions::default());
+    let secure = Registry::start(RegistryOptions { secure: true });
+    let image = Image::new(true, &[40_000], 8);
+    source.push_image("app", "v1", &image).await;
+    let dir = tempfile::tempdir().unwrap();
+    let src = format!("{}/app:v1", source.host());
+    let dst = format!("{}/app:v1", secure.host());
+    let ca = secure.ca().display().to_string();
+    let base = [
+        "--plain-http".to_string(),
+        source.host(),
+        "--ca-file".into(),
+        ca,
+    ];
+    let debug = [("DETOUR_LOG", "debug")];
+
+    // Without credentials: a clear refusal, nothing pushed.
+    let (ok, reports, stderr) = mirror(&args(&[&src, "--to", &dst], &base), &debug);
+    assert!(!ok);
+    let error = reports[0]["error"].as_str().unwrap();
+    assert!(error.contains("authentication failed"), "{error}");
+    assert!(!stderr.contains(PASSWORD));
+
+    // Wrong password: refused, and the wrong password is not echoed either.
+    let wrong = docker_config(dir.path(), &secure.host(), USER, "wrong-secret-xyz");
+    let mut with_wrong = base.to_vec();
+    with_wrong.extend(["--credentials".into(), wrong.display().to_string()]);
+    let (ok, reports, stderr) = mirror(&args(&[&src, "--to", &dst], &with_wrong), &debug);
+    assert!(!ok);
+    let text = format!("{}{stderr}", reports[0]);
+    assert!(text.contains("401"), "{text}");
+    assert!(!text.contains("wrong-secret-xyz"), "{text}");
+
+    let good = docker_config(
+        dir.path(),
+        &format!("https://{}", secure.host()),
+        USER,
+        PASSWORD,
+    );
+    let mut with_good = base.to_vec();
+    with_good.extend(["--credentials".into(), good.display().to_string()]);
+    let (ok, reports, stderr) = mirror(&args(&[&src, "--to", &dst], &with_good), &debug);
+    assert!(ok, "{stderr}");
+    assert!(!stderr.contains(PASSWORD) && !reports[0].to_string().contains(PASSWORD));
+    assert_eq!(skopeo_digest(&secure, "app:v1"), image.digest());
+
+    // An untrusted certificate is refused (no silent downgrade).
+    let mut untrusted = vec!["--plain-http".to_string(), source.host()];
+    untrusted.extend(["--credentials".into(), good.display().to_string()]);
+    let (ok, reports, _) = mirror(&args(&[&src, "--to", &dst], &untrusted), &[]);
+    assert!(!ok);
+    assert!(
+        reports[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("certificate"),
+        "{}",
+        reports[0]
+    );
+}
+
+#[tokio::test]
+async fn loopback_and_metadata_addresses_are_refused_unless_allowed() {
+    let source = Registry::start(RegistryOptions::default());
+    let out = Command::new(BIN)
+        .args([
+            "mirror",
+            &format!("{}/app:v1", source.host()),
+            "--to",
+            "169.254.169.254/app:v1",
+            "--plain-http",
+            &source.host(),
+            "-o",
+            "json",
+            "--no-progress",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("loopback address"), "{text}");
+    let out = Command::new(BIN)
+        .args([
+            "mirror",
+            "169.254.169.254/app:v1",
+            "--to",
+            "registry.example/app:v1",
+            "--allow-loopback",
+            "-o",
+            "json",
+            "--no-progress",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("cloud metadata address"), "{text}");
+}
+
+#[tokio::test]
+async fn a_destination_that_dies_mid_copy_gets_no_tag_and_the_retry_completes() {
+    let source = Registry::start(RegistryOptions::default());
+    let mut dest = Registry::start(RegistryOptions::default());
+    let sizes = vec![400_000; 40];
+    let image = Image::new(true, &sizes, 9);
+    source.push_image("big", "v1", &image).await;
+    let src = format!("{}/big:v1", source.host());
+    let dst = format!("{}/big:v1", dest.host());
+    let mut child = Command::new(BIN)
+        .args([
+            "mirror",
+            &src,
+            "--to",
+            &dst,
+            "--plain-http",
+            &source.host(),
+            "--plain-http",
+            &dest.host(),
+            "--allow-loopback",
+            "--concurrency",
+            "1",
+            "--retries",
+            "1",
+            "--no-progress",
+            "-o",
+            "json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Kill the destination once some, but not all, blobs have landed.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while dest.blob_count() < 3 {
+        assert!(std::time::Instant::now() < deadline, "copy never started");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    dest.stop();
+    let landed = dest.blob_count();
+    assert!(landed < 41, "the copy finished before the registry stopped");
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success(), "a copy to a dead registry must fail");
+    dest.restart();
+    assert_eq!(
+        dest.manifest_status("big", "v1").await,
+        404,
+        "no tag before the content"
+    );
+    assert_eq!(dest.manifest_status("big", &image.digest()).await, 404);
+
+    let flags = plain(&[&source, &dest]);
+    let (ok, reports, stderr) = mirror(&args(&[&src, "--to", &dst], &flags), &[]);
+    assert!(ok, "{stderr}");
+    assert!(
+        reports[0]["blobsSkipped"].as_u64().unwrap() >= 2,
+        "{}",
+        reports[0]
+    );
+    assert_eq!(skopeo_digest(&dest, "big:v1"), image.digest());
+}
+
+#[tokio::test]
+async fn a_blob_served_with_the_wrong_content_is_rejected() {
+    let source = Registry::start(RegistryOptions::default());
+    let dest = Registry::start(RegistryOptions::default());
+    let image = Image::new(true, &[64_000, 32_000], 10);
+    source.push_image("app", "v1", &image).await;
+    // Corrupt one layer on the source's disk (same size, other bytes).
+    let layer = sha256(&image.layers[0]);
+    let path = source.blob_file(&layer);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[1000] ^= 0xff;
+    std::fs::write(&path, bytes).unwrap();
+
+    let flags = plain(&[&source, &dest]);
+    let (ok, reports, _) = mirror(
+        &args(
+            &[
+                &format!("{}/app:v1", source.host()),
+                "--to",
+                &format!("{}/app:v1", dest.host()),
+            ],
+            &flags,
+        ),
+        &[],
+    );
+    assert!(!ok);
+    let error = reports[0]["error"].as_str().unwrap();
+    assert!(
+        error.contains("digest mismatch") && error.contains(&layer),
+        "{error}"
+    );
+    assert_eq!(dest.blob_status("app", &layer).await, 404);
+    assert_eq!(dest.manifest_status("app", "v1").await, 404);
+}

@@ -23,6 +23,7 @@ use serde::de::IgnoredAny;
 use serde::Deserialize;
 
 use crate::config::{Config, GlobalMode};
+use crate::rules::Swap;
 use pod::{ContainerSkip, ContainerSkipKind, ImageChange, Plan, PodSkip, PodView, Scope};
 
 /// How a request is answered: patched, or only reported.
@@ -93,7 +94,10 @@ pub struct Summary {
     pub mode: Mode,
     pub dry_run: bool,
     pub disposition: Disposition,
+    /// Rewrites applied (enforce) or reported (audit).
     pub changes: Vec<ImageChange>,
+    /// `swap: if-present` rewrites held back because the mirror lacks the image.
+    pub deferred: Vec<ImageChange>,
     pub skipped: Vec<ContainerSkip>,
 }
 
@@ -182,8 +186,32 @@ fn decode(body: &[u8]) -> Result<(ReviewEnvelope<IgnoredAny>, Objects), ReviewEr
     }
 }
 
-/// Answers one AdmissionReview body.
+/// Answers one AdmissionReview body, with no knowledge of what the mirror
+/// holds (`swap: if-present` changes are then left out).
 pub fn review(body: &[u8], path_mode: Mode, config: &Config) -> Result<Reviewed, ReviewError> {
+    Ok(prepare(body, path_mode, config)?.finish(&|_| false))
+}
+
+/// A decoded request with its plan, waiting for the answers to
+/// [`Prepared::lookups`] before the response is built.
+pub struct Prepared {
+    allowed: AdmissionResponse,
+    summary: Summary,
+    work: Work,
+}
+
+enum Work {
+    Nothing,
+    Failed(String),
+    Pod {
+        pod: PodView,
+        plan: Plan,
+        scope: Scope,
+    },
+}
+
+/// Decodes a body and plans the rewrite; no response yet.
+pub fn prepare(body: &[u8], path_mode: Mode, config: &Config) -> Result<Prepared, ReviewError> {
     let (envelope, objects) = decode(body)?;
     let request = envelope.request.ok_or(ReviewError::MissingRequest)?;
     let mode = match config.mode {
@@ -219,36 +247,92 @@ pub fn review(body: &[u8], path_mode: Mode, config: &Config) -> Result<Reviewed,
         dry_run: request.dry_run,
         disposition: Disposition::NotHandled,
         changes: vec![],
+        deferred: vec![],
         skipped: vec![],
     };
     let allowed = AdmissionResponse::from(&typed);
     // Anything below that goes wrong is detour's fault: answer "allowed,
     // unchanged" with the uid, never an error the apiserver would act on.
-    let decided = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        decide(&request, objects, mode, config, &mut summary)
+    let planned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        plan_request(&request, objects, config, &mut summary)
     }));
-    let parts = match decided {
-        Ok(Ok(parts)) => parts,
-        Ok(Err(message)) => {
-            summary.disposition = Disposition::FailedOpen(message);
-            None
-        }
-        Err(_) => {
-            summary.disposition = Disposition::FailedOpen("internal panic".into());
-            None
-        }
+    let work = match planned {
+        Ok(Ok(Some((pod, plan, scope)))) => Work::Pod { pod, plan, scope },
+        Ok(Ok(None)) => Work::Nothing,
+        Ok(Err(message)) => Work::Failed(message),
+        Err(_) => Work::Failed("internal panic".into()),
     };
-    let response = match parts {
-        None => allowed,
-        Some(parts) => parts.apply(allowed.clone()).unwrap_or_else(|message| {
-            summary.disposition = Disposition::FailedOpen(message);
-            allowed
-        }),
-    };
-    Ok(Reviewed {
-        body: encode(response),
+    Ok(Prepared {
+        allowed,
         summary,
+        work,
     })
+}
+
+impl Prepared {
+    /// Rewritten references whose rule swaps only when the mirror has them.
+    pub fn lookups(&self) -> Vec<&str> {
+        let Work::Pod { plan, .. } = &self.work else {
+            return vec![];
+        };
+        let mut out: Vec<&str> = plan
+            .changes
+            .iter()
+            .filter(|c| c.mirror.swap == Swap::IfPresent)
+            .map(|c| c.to.as_str())
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.summary.mode
+    }
+
+    pub fn dry_run(&self) -> bool {
+        self.summary.dry_run
+    }
+
+    /// Builds the response; `present(to)` says whether the mirror has a
+    /// reference that [`Prepared::lookups`] listed.
+    pub fn finish(self, present: &dyn Fn(&str) -> bool) -> Reviewed {
+        let Prepared {
+            allowed,
+            mut summary,
+            work,
+        } = self;
+        let parts = match work {
+            Work::Nothing => None,
+            Work::Failed(message) => {
+                summary.disposition = Disposition::FailedOpen(message);
+                None
+            }
+            Work::Pod { pod, plan, scope } => {
+                let responded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    respond(&pod, plan, scope, present, &mut summary)
+                }));
+                match responded {
+                    Ok(parts) => Some(parts),
+                    Err(_) => {
+                        summary.disposition = Disposition::FailedOpen("internal panic".into());
+                        None
+                    }
+                }
+            }
+        };
+        let response = match parts {
+            None => allowed,
+            Some(parts) => parts.apply(allowed.clone()).unwrap_or_else(|message| {
+                summary.disposition = Disposition::FailedOpen(message);
+                allowed
+            }),
+        };
+        Reviewed {
+            body: encode(response),
+            summary,
+        }
+    }
 }
 
 /// What to add to the allowed response.
@@ -273,13 +357,13 @@ impl ResponseParts {
     }
 }
 
-fn decide(
+/// Is this request ours, and what would change? `None`: allowed untouched.
+fn plan_request(
     request: &RequestEnvelope<IgnoredAny>,
     objects: Objects,
-    mode: Mode,
     config: &Config,
     summary: &mut Summary,
-) -> Result<Option<ResponseParts>, String> {
+) -> Result<Option<(PodView, Plan, Scope)>, String> {
     let is_pod = request.kind.group.is_empty() && request.kind.kind == "Pod";
     let scope = match (is_pod, &request.operation, request.sub_resource.as_deref()) {
         (true, Operation::Create, None) => Scope::Create,
@@ -296,6 +380,17 @@ fn decide(
         summary.disposition = Disposition::Skipped(skip);
         return Ok(None);
     }
+    Ok(Some((pod, plan, scope)))
+}
+
+fn respond(
+    pod: &PodView,
+    mut plan: Plan,
+    scope: Scope,
+    present: &dyn Fn(&str) -> bool,
+    summary: &mut Summary,
+) -> ResponseParts {
+    let mode = summary.mode;
     let mut parts = ResponseParts {
         patch: None,
         warnings: vec![],
@@ -308,6 +403,18 @@ fn decide(
                 skip.container, skip.image
             )));
         }
+    }
+    // `swap: if-present`: the original image stays until the mirror has it.
+    let (deferred, applied): (Vec<ImageChange>, Vec<ImageChange>) = plan
+        .changes
+        .into_iter()
+        .partition(|c| c.mirror.swap == Swap::IfPresent && !present(&c.to));
+    plan.changes = applied;
+    for c in &deferred {
+        parts.warnings.push(truncate(&format!(
+            "detour: {}: mirror lacks {}; original image kept",
+            c.container, c.to
+        )));
     }
     if plan.changes.is_empty() {
         summary.disposition = Disposition::Unchanged;
@@ -333,12 +440,13 @@ fn decide(
         // The ephemeralcontainers subresource keeps only ephemeral container
         // changes, so an annotation patch there would be silently dropped.
         let annotate = scope == Scope::Create;
-        parts.patch = Some(pod::patch(&pod, &plan, annotate));
+        parts.patch = Some(pod::patch(pod, &plan, annotate));
     }
     // The plan is no longer needed: hand its lists to the summary, not copies.
     summary.changes = plan.changes;
+    summary.deferred = deferred;
     summary.skipped = plan.skipped;
-    Ok(Some(parts))
+    parts
 }
 
 /// At most [`MAX_WARNING_CHARS`] characters, cut on a char boundary.

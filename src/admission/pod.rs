@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::config::{Config, NeverPolicy};
-use crate::rules::Outcome;
+use crate::rules::{MirrorPolicy, Outcome};
 
 /// Records container name → original image for every image detour rewrote.
 pub const ORIGINAL_IMAGES_ANNOTATION: &str = "detour.dev/original-images";
@@ -134,6 +134,8 @@ pub struct ImageChange {
     pub from: String,
     pub to: String,
     pub rule: String,
+    /// The rule's pre-mirroring settings.
+    pub mirror: MirrorPolicy,
 }
 
 /// Why a whole Pod is left alone.
@@ -225,6 +227,7 @@ pub fn plan(pod: &PodView, old: Option<&PodView>, scope: Scope, config: &Config)
                     from: image.to_string(),
                     to: to.to_string(),
                     rule: rule.name.clone(),
+                    mirror: rule.mirror,
                 }),
                 Outcome::Invalid(e) => plan.skipped.push(ContainerSkip {
                     container: container.name.clone(),

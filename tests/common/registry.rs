@@ -86,6 +86,10 @@ impl Registry {
             let certs = root.join("certs");
             std::fs::create_dir_all(&certs).unwrap();
             super::make_certs(&certs);
+            // skopeo's --cert-dir reads *.key as a client key: CA only there.
+            let trust = root.join("trust");
+            std::fs::create_dir_all(&trust).unwrap();
+            std::fs::copy(certs.join("ca.crt"), trust.join("ca.crt")).unwrap();
             config.push_str(&format!(
                 "  tls:\n    certificate: {}\n    key: {}\n",
                 certs.join("tls.crt").display(),
@@ -312,7 +316,7 @@ impl Registry {
         if self.options.secure {
             vec![
                 format!("--creds={USER}:{PASSWORD}"),
-                format!("--cert-dir={}", self.dir.path().join("certs").display()),
+                format!("--cert-dir={}", self.dir.path().join("trust").display()),
             ]
         } else {
             vec!["--tls-verify=false".into()]
