@@ -32,6 +32,18 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LookupLabels {
+    /// `cache` or `registry`.
+    pub source: &'static str,
+    pub result: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub admissions: Family<AdmissionLabels, Counter>,
@@ -42,6 +54,11 @@ pub struct Metrics {
     pub config_last_reload_ok: Gauge,
     pub tls_reloads: Family<ResultLabels, Counter>,
     pub cert_expiry: Gauge,
+    pub copy_queue_depth: Gauge,
+    pub copies: Family<OutcomeLabels, Counter>,
+    pub copied_bytes: Counter,
+    pub lookups: Family<LookupLabels, Counter>,
+    pub lookup_latency: Histogram,
 }
 
 impl Default for Metrics {
@@ -102,8 +119,44 @@ impl Metrics {
             "notAfter of the serving certificate in use, as a Unix timestamp",
             cert_expiry.clone(),
         );
+        let copy_queue_depth = Gauge::default();
+        registry.register(
+            "premirror_queue_depth",
+            "Pre-mirror copies waiting for a slot",
+            copy_queue_depth.clone(),
+        );
+        let copies = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "premirror_copies",
+            "Pre-mirror copies by outcome (queued, duplicate, dropped_queue_full, copied, already_present, failed)",
+            copies.clone(),
+        );
+        let copied_bytes = Counter::default();
+        registry.register(
+            "premirror_copied_bytes",
+            "Blob bytes sent to mirrors by pre-mirror copies",
+            copied_bytes.clone(),
+        );
+        let lookups = Family::<LookupLabels, Counter>::default();
+        registry.register(
+            "mirror_lookups",
+            "swap: if-present lookups by source (cache or registry) and result",
+            lookups.clone(),
+        );
+        // 1 ms .. ~16 s.
+        let lookup_latency = Histogram::new(exponential_buckets(1e-3, 2.0, 15));
+        registry.register(
+            "mirror_lookup_duration_seconds",
+            "Time the mirror took to answer one manifest HEAD",
+            lookup_latency.clone(),
+        );
         Metrics {
             registry,
+            copy_queue_depth,
+            copies,
+            copied_bytes,
+            lookups,
+            lookup_latency,
             admissions,
             rewrites,
             rejected_requests,

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -27,6 +27,9 @@ use crate::admission::{self, Disposition, Mode, Summary};
 use crate::cli::RuleArgs;
 use crate::config::{Config, ConfigError};
 use crate::metrics::{AdmissionLabels, Metrics, ReasonLabels, RewriteLabels};
+use crate::mirror::presence::Presence;
+use crate::mirror::runtime::MirrorRuntime;
+use crate::mirror::MirrorError;
 use crate::tls::{TlsError, TlsSource};
 use crate::{certs, commands, watch};
 
@@ -48,6 +51,8 @@ pub enum ServeError {
     Listen(SocketAddr, std::io::Error),
     #[error("server failed: {0}")]
     Server(std::io::Error),
+    #[error("mirror settings: {0}")]
+    Mirror(#[from] MirrorError),
 }
 
 /// Everything the handlers share.
@@ -56,6 +61,8 @@ pub struct AppState {
     pub config: Arc<ArcSwap<Config>>,
     pub metrics: Arc<Metrics>,
     pub ready: Arc<AtomicBool>,
+    /// Present when a rule uses `premirror` or `swap: if-present`.
+    pub mirror: Arc<ArcSwapOption<MirrorRuntime>>,
 }
 
 impl AppState {
@@ -64,6 +71,19 @@ impl AppState {
             config: Arc::new(ArcSwap::from_pointee(config)),
             metrics: Arc::new(Metrics::new()),
             ready: Arc::new(AtomicBool::new(false)),
+            mirror: Arc::new(ArcSwapOption::empty()),
+        }
+    }
+
+    /// The mirror runtime `config` needs: the current one when its
+    /// settings are unchanged, a new one, or none.
+    pub fn mirror_for(&self, config: &Config) -> Result<Option<Arc<MirrorRuntime>>, MirrorError> {
+        if !MirrorRuntime::wanted(config) {
+            return Ok(None);
+        }
+        match self.mirror.load_full() {
+            Some(current) if *current.settings() == config.mirror => Ok(Some(current)),
+            _ => MirrorRuntime::build(&config.mirror, self.metrics.clone()).map(Some),
         }
     }
 }
@@ -154,13 +174,31 @@ async fn admit(State(state): State<AppState>, mode: Mode, request: Request) -> R
         }
     };
     let config = state.config.load();
-    let response = match admission::review(&body, mode, &config) {
-        Ok(reviewed) => {
-            record(&state.metrics, &reviewed.summary);
-            json_response(StatusCode::OK, reviewed.body)
-        }
-        Err(e) => reject("malformed", StatusCode::BAD_REQUEST, &e.to_string()),
+    let prepared = match admission::prepare(&body, mode, &config) {
+        Ok(prepared) => prepared,
+        Err(e) => return reject("malformed", StatusCode::BAD_REQUEST, &e.to_string()),
     };
+    let mirror = state.mirror.load_full();
+    let presence = match &mirror {
+        Some(runtime) => {
+            let lookups = prepared.lookups();
+            if lookups.is_empty() {
+                Default::default()
+            } else {
+                runtime.presence(&lookups).await
+            }
+        }
+        None => Default::default(),
+    };
+    let reviewed = prepared.finish(&|to| presence.get(to) == Some(&Presence::Present));
+    record(&state.metrics, &reviewed.summary);
+    // Copies have side effects: never for audit or for a server-side dry run.
+    if let Some(runtime) = &mirror {
+        if reviewed.summary.mode == Mode::Enforce && !reviewed.summary.dry_run {
+            runtime.enqueue_copies(&reviewed.summary);
+        }
+    }
+    let response = json_response(StatusCode::OK, reviewed.body);
     state
         .metrics
         .latency
@@ -196,6 +234,9 @@ fn record(metrics: &Metrics, s: &Summary) {
                 rule: c.rule.clone(),
             })
             .inc();
+    }
+    for c in &s.deferred {
+        tracing::info!(uid = %s.uid, namespace = %s.namespace, name = %s.name, container = %c.container, image = %c.from, mirror = %c.to, rule = %c.rule, "mirror lacks the image; original kept");
     }
     for skip in &s.skipped {
         if skip.kind == ContainerSkipKind::InvalidReference {
@@ -252,6 +293,8 @@ pub async fn run(opts: ServeOptions) -> Result<(), ServeError> {
     let config = commands::load_config(&opts.rules)?;
     tracing::info!(origin = %config.origin, rules = config.rules.rules().len(), "config loaded");
     let state = AppState::new(config);
+    let runtime = state.mirror_for(&state.config.load())?;
+    state.mirror.store(runtime);
     state.metrics.config_last_reload_ok.set(1);
     let loaded = opts.tls.load()?;
     state.metrics.cert_expiry.set(loaded.not_after);
@@ -351,8 +394,7 @@ fn spawn_config_reloader(
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or_else(|| PathBuf::from("."));
     let rules = opts.rules.clone();
-    let shared = state.config.clone();
-    let metrics = state.metrics.clone();
+    let state = state.clone();
     let fingerprint = move || watch::fingerprint(&[path.as_path()]);
     let mut last = fingerprint();
     Some(watch::spawn(dir, opts.reload_interval, move || {
@@ -361,10 +403,20 @@ fn spawn_config_reloader(
             return;
         }
         last = current;
-        match commands::load_config(&rules) {
-            Ok(config) => {
+        let metrics = &state.metrics;
+        let loaded = commands::load_config(&rules)
+            .map_err(|e| e.to_string())
+            .and_then(|config| {
+                let runtime = state
+                    .mirror_for(&config)
+                    .map_err(|e| format!("mirror: {e}"))?;
+                Ok((config, runtime))
+            });
+        match loaded {
+            Ok((config, runtime)) => {
                 tracing::info!(origin = %config.origin, rules = config.rules.rules().len(), "config reloaded");
-                shared.store(Arc::new(config));
+                state.config.store(Arc::new(config));
+                state.mirror.store(runtime);
                 Metrics::count_reload(&metrics.config_reloads, true);
                 metrics.config_last_reload_ok.set(1);
             }

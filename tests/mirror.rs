@@ -332,7 +332,7 @@ async fn a_destination_that_dies_mid_copy_gets_no_tag_and_the_retry_completes() 
     source.push_image("big", "v1", &image).await;
     let src = format!("{}/big:v1", source.host());
     let dst = format!("{}/big:v1", dest.host());
-    let mut child = Command::new(BIN)
+    let child = Command::new(BIN)
         .args([
             "mirror",
             &src,

@@ -136,7 +136,7 @@ impl Copier {
         let mut children: Vec<Target> = Vec::new();
         if manifest::kind(&top.media_type) == Some(ManifestKind::Index) {
             children = manifest::children(&top.bytes)?;
-            if let Some((bytes, kept)) =
+            if let Some(manifest::FilteredIndex { bytes, kept }) =
                 manifest::filter_index(&top.bytes, &self.options.platforms)?
             {
                 report.platforms_dropped = (children.len() - kept.len()) as u64;
@@ -207,8 +207,13 @@ impl Copier {
         }
 
         let concurrency = self.options.blob_concurrency.max(1);
-        let outcomes: Vec<BlobOutcome> = futures_util::stream::iter(blobs.iter())
+        // Futures collected first: a closure in the stream would make the
+        // copy future's Send bound higher-ranked, which spawn cannot prove.
+        let copies: Vec<_> = blobs
+            .iter()
             .map(|blob| self.copy_blob(&src, &dst, blob, observer.clone()))
+            .collect();
+        let outcomes: Vec<BlobOutcome> = futures_util::stream::iter(copies)
             .buffer_unordered(concurrency)
             .try_collect()
             .await?;
@@ -277,7 +282,7 @@ impl Copier {
             return Ok(BlobOutcome::Skipped);
         }
         let mount = (src.host == dst.host && src.path != dst.path)
-            .then(|| (blob.digest.as_str(), src.path.as_str()));
+            .then_some((blob.digest.as_str(), src.path.as_str()));
         let session = match self.client.start_upload(dst, mount).await? {
             UploadStart::Mounted => return Ok(BlobOutcome::Mounted),
             UploadStart::Session(url) => url,

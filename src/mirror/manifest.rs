@@ -168,12 +168,18 @@ impl PlatformFilter {
     }
 }
 
-/// The index without the entries no filter matches, re-serialised; `None`
-/// when every entry is kept (the original bytes are then pushed).
+/// An index re-serialised without the entries no filter matches.
+pub struct FilteredIndex {
+    pub bytes: Vec<u8>,
+    pub kept: Vec<Target>,
+}
+
+/// The index without the entries no filter matches; `None` when every
+/// entry is kept (the original bytes are then pushed).
 pub fn filter_index(
     bytes: &[u8],
     filters: &[PlatformFilter],
-) -> Result<Option<(Vec<u8>, Vec<Target>)>, MirrorError> {
+) -> Result<Option<FilteredIndex>, MirrorError> {
     let all = children(bytes)?;
     let keep = |t: &Target| {
         t.platform
@@ -201,7 +207,7 @@ pub fn filter_index(
     }
     let out =
         serde_json::to_vec(&value).map_err(|e| MirrorError::Invalid(format!("index: {e}")))?;
-    Ok(Some((out, kept)))
+    Ok(Some(FilteredIndex { bytes: out, kept }))
 }
 
 #[cfg(test)]
@@ -243,7 +249,7 @@ mod tests {
         assert!(filter_index(&index(), &[amd64.clone(), arm])
             .unwrap()
             .is_none());
-        let (bytes, kept) = filter_index(&index(), &[amd64]).unwrap().unwrap();
+        let FilteredIndex { bytes, kept } = filter_index(&index(), &[amd64]).unwrap().unwrap();
         assert_eq!(kept.len(), 1);
         assert_eq!(kept[0].digest, D1);
         assert_eq!(children(&bytes).unwrap().len(), 1);

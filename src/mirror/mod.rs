@@ -13,6 +13,9 @@ pub mod client;
 pub mod copy;
 pub mod digest;
 pub mod manifest;
+pub mod presence;
+pub mod queue;
+pub mod runtime;
 pub mod safety;
 
 pub use auth::{CredentialStore, Credentials};
