@@ -226,7 +226,10 @@ async fn blobs_are_mounted_across_repositories_of_one_registry() {
 #[tokio::test]
 async fn basic_auth_over_tls_uses_docker_config_credentials_and_never_logs_them() {
     let source = Registry::start(RegistryOptions::default());
-    let secure = Registry::start(RegistryOptions { secure: true });
+    let secure = Registry::start(RegistryOptions {
+        secure: true,
+        ..RegistryOptions::default()
+    });
     let image = Image::new(true, &[40_000], 8);
     source.push_image("app", "v1", &image).await;
     let dir = tempfile::tempdir().unwrap();
@@ -417,4 +420,41 @@ async fn a_blob_served_with_the_wrong_content_is_rejected() {
     );
     assert_eq!(dest.blob_status("app", &layer).await, 404);
     assert_eq!(dest.manifest_status("app", "v1").await, 404);
+}
+
+// Multi-threaded: the token service runs in this runtime while the test
+// blocks on the detour process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_token_challenges_are_answered_with_configured_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = common::token::TokenService::start(dir.path(), USER, PASSWORD).await;
+    let source = Registry::start(RegistryOptions::default());
+    let dest = Registry::start(RegistryOptions {
+        token: Some((tokens.realm.clone(), tokens.cert.clone())),
+        ..RegistryOptions::default()
+    });
+    let image = Image::new(false, &[30_000, 20_000], 11);
+    source.push_image("app", "v1", &image).await;
+    let src = format!("{}/app:v1", source.host());
+    let dst = format!("{}/team/app:v1", dest.host());
+    let creds = docker_config(dir.path(), &dest.host(), USER, PASSWORD);
+    let mut flags = plain(&[&source, &dest]);
+    flags.extend(["--credentials".into(), creds.display().to_string()]);
+    let (ok, reports, stderr) = mirror(
+        &args(&[&src, "--to", &dst], &flags),
+        &[("DETOUR_LOG", "debug")],
+    );
+    assert!(ok, "{stderr}");
+    assert_eq!(reports[0]["blobsCopied"], 3);
+    assert!(!stderr.contains(PASSWORD));
+    // Tokens are cached per scope (pull on the destination, pull+push for
+    // uploads), not fetched per request, even with parallel uploads.
+    assert_eq!(tokens.issued(), 2);
+    assert_eq!(skopeo_digest(&dest, "team/app:v1"), image.digest());
+
+    // Without credentials the token service refuses, and the copy says so.
+    let (ok, reports, _) = mirror(&args(&[&src, "--to", &dst], &plain(&[&source, &dest])), &[]);
+    assert!(!ok);
+    let error = reports[0]["error"].as_str().unwrap();
+    assert!(error.contains("token service answered 401"), "{error}");
 }

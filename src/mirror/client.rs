@@ -129,6 +129,9 @@ pub struct RegistryClient {
     http: reqwest::Client,
     settings: ClientSettings,
     auth: Mutex<HashMap<(String, Vec<String>), CachedAuth>>,
+    /// One challenge answered at a time, so parallel blob uploads that all
+    /// meet their first 401 together fetch one token, not one each.
+    challenge_lock: tokio::sync::Mutex<()>,
 }
 
 impl RegistryClient {
@@ -175,6 +178,7 @@ impl RegistryClient {
             http,
             settings,
             auth: Mutex::new(HashMap::new()),
+            challenge_lock: tokio::sync::Mutex::new(()),
         }))
     }
 
@@ -236,8 +240,9 @@ impl RegistryClient {
             if total_timeout {
                 request = request.timeout(self.settings.request_timeout);
             }
-            if let Some(header) = self.cached_auth(access) {
-                request = request.header(AUTHORIZATION, header);
+            let sent = self.cached_auth(access);
+            if let Some(header) = &sent {
+                request = request.header(AUTHORIZATION, header.clone());
             }
             let delay = match request.send().await {
                 Err(e) => {
@@ -250,7 +255,12 @@ impl RegistryClient {
                     let status = response.status();
                     if status == StatusCode::UNAUTHORIZED && !answered_challenge {
                         answered_challenge = true;
-                        self.answer_challenge(access, response.headers()).await?;
+                        let _one_at_a_time = self.challenge_lock.lock().await;
+                        // Another request may have fetched what this one needs.
+                        let fresh = self.cached_auth(access);
+                        if fresh.is_none() || fresh == sent {
+                            self.answer_challenge(access, response.headers()).await?;
+                        }
                         continue;
                     }
                     if !retryable_status(status) || attempt >= self.settings.retries {

@@ -38,6 +38,8 @@ pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
 pub struct RegistryOptions {
     /// TLS with a throwaway CA (written by `detour certs`) and htpasswd auth.
     pub secure: bool,
+    /// Bearer token auth: (realm, certificate bundle of the token signer).
+    pub token: Option<(String, PathBuf)>,
 }
 
 pub struct Registry {
@@ -104,6 +106,14 @@ impl Registry {
             config.push_str(&format!(
                 "auth:\n  htpasswd:\n    realm: detour-tests\n    path: {}\n",
                 root.join("htpasswd").display()
+            ));
+        }
+        if let Some((realm, bundle)) = &self.options.token {
+            config.push_str(&format!(
+                "auth:\n  token:\n    realm: {realm}\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
+                super::token::SERVICE,
+                super::token::ISSUER,
+                bundle.display()
             ));
         }
         std::fs::write(root.join("config.yml"), config).unwrap();
@@ -317,6 +327,11 @@ impl Registry {
             vec![
                 format!("--creds={USER}:{PASSWORD}"),
                 format!("--cert-dir={}", self.dir.path().join("trust").display()),
+            ]
+        } else if self.options.token.is_some() {
+            vec![
+                format!("--creds={USER}:{PASSWORD}"),
+                "--tls-verify=false".into(),
             ]
         } else {
             vec!["--tls-verify=false".into()]
