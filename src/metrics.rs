@@ -39,7 +39,7 @@ pub struct OutcomeLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LookupLabels {
-    /// `cache` or `registry`.
+    /// `cache`, `registry`, or `shared` (joined a request in flight).
     pub source: &'static str,
     pub result: &'static str,
 }
@@ -140,7 +140,7 @@ impl Metrics {
         let lookups = Family::<LookupLabels, Counter>::default();
         registry.register(
             "mirror_lookups",
-            "swap: if-present lookups by source (cache or registry) and result",
+            "swap: if-present lookups by source (cache, registry, or shared: joined a request in flight) and result",
             lookups.clone(),
         );
         // 1 ms .. ~16 s.

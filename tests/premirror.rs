@@ -166,7 +166,20 @@ async fn audit_mode_and_dry_runs_never_copy_and_concurrent_pods_queue_one_copy()
         "{metrics}"
     );
 
-    // Eight Pods at once: one copy.
+    // Eight Pods at once: one registry lookup (the others join it or hit the
+    // cache it fills) and one copy.
+    let asked = |m: &str| {
+        ["present", "absent", "unknown"]
+            .iter()
+            .map(|r| {
+                metric(
+                    m,
+                    &format!("detour_mirror_lookups_total{{source=\"registry\",result=\"{r}\"}}"),
+                )
+            })
+            .sum::<f64>()
+    };
+    let before = asked(&s.server.metrics());
     let review = pod_review(&original, |_| {});
     let url = s.server.url("/mutate");
     let posts = (0..8).map(|_| post(&client, &url, &review));
@@ -189,6 +202,7 @@ async fn audit_mode_and_dry_runs_never_copy_and_concurrent_pods_queue_one_copy()
         1.0,
         "{metrics}"
     );
+    assert_eq!(asked(&metrics) - before, 1.0, "{metrics}");
 }
 
 #[tokio::test]

@@ -119,10 +119,10 @@ impl PresenceCache {
                 .inc();
             return p;
         }
-        let shared = {
+        let (shared, joined) = {
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
             match pending.get(reference) {
-                Some(s) => s.clone(),
+                Some(s) => (s.clone(), true),
                 None => {
                     let this = self.clone();
                     let key = reference.to_string();
@@ -140,11 +140,21 @@ impl PresenceCache {
                         .boxed()
                         .shared();
                     pending.insert(reference.to_string(), shared.clone());
-                    shared
+                    (shared, false)
                 }
             }
         };
-        shared.await
+        let presence = shared.await;
+        if joined {
+            self.metrics
+                .lookups
+                .get_or_create(&crate::metrics::LookupLabels {
+                    source: "shared",
+                    result: presence_label(presence),
+                })
+                .inc();
+        }
+        presence
     }
 
     async fn ask_registry(&self, reference: &str) -> Presence {
