@@ -458,3 +458,38 @@ async fn bearer_token_challenges_are_answered_with_configured_credentials() {
     let error = reports[0]["error"].as_str().unwrap();
     assert!(error.contains("token service answered 401"), "{error}");
 }
+
+#[tokio::test]
+async fn a_docker_manifest_list_is_copied_with_its_digest() {
+    let source = Registry::start(RegistryOptions::default());
+    let dest = Registry::start(RegistryOptions::default());
+    let amd = Image::new(true, &[20_000], 12);
+    let arm = Image::new(true, &[21_000], 13);
+    let list = source
+        .push_index_as(
+            "lib/legacy",
+            "2",
+            DOCKER_LIST,
+            &[("linux/amd64", &amd), ("linux/arm/v7", &arm)],
+        )
+        .await;
+    let flags = plain(&[&source, &dest]);
+    let (ok, reports, stderr) = mirror(
+        &args(
+            &[
+                &format!("{}/lib/legacy:2", source.host()),
+                "--to",
+                &format!("{}/lib/legacy:2", dest.host()),
+            ],
+            &flags,
+        ),
+        &[],
+    );
+    assert!(ok, "{stderr}");
+    assert_eq!(reports[0]["manifestsCopied"], 3);
+    assert_eq!(skopeo_digest(&dest, "lib/legacy:2"), sha256(&list));
+    assert_eq!(
+        skopeo_digest(&dest, &format!("lib/legacy@{}", arm.digest())),
+        arm.digest()
+    );
+}

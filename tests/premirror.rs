@@ -295,3 +295,65 @@ fn premirror_from_every_registry_is_refused_at_load() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn a_full_queue_drops_and_counts_and_admissions_never_wait() {
+    // Registries that accept connections and never answer: copies hang.
+    let source = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let src = format!("127.0.0.1:{}", source.local_addr().unwrap().port());
+    let dst = format!("127.0.0.1:{}", target.local_addr().unwrap().port());
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "mirror:\n  plainHttp: [\"{src}\", \"{dst}\"]\n  allowLoopback: true\n  queueLength: 1\n  copiesPerRegistry: 1\n  requestTimeout: 20s\nrules:\n  - source: {src}\n    kind: host\n    target: {dst}\n    premirror: true\n"
+        ),
+    )
+    .unwrap();
+    let server = Server::start(Options {
+        config: Some(&config),
+        ..Options::default()
+    });
+    let client = server.client();
+    for i in 0..4 {
+        let started = Instant::now();
+        let review = pod_review(&format!("{src}/app/n{i}:1"), |_| {});
+        let (status, resp) = post(&client, &server.url("/mutate"), &review).await;
+        assert_eq!(status, 200);
+        assert!(
+            resp["response"]["patch"].is_string(),
+            "swap: always rewrites at once"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "an admission waited on the queue"
+        );
+        // Let the first copy take the registry's only slot.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let metrics = server.metrics();
+    // One running, one waiting (the queue's length), two dropped.
+    assert_eq!(
+        metric(
+            &metrics,
+            "detour_premirror_copies_total{outcome=\"queued\"}"
+        ),
+        2.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "detour_premirror_copies_total{outcome=\"dropped_queue_full\"}"
+        ),
+        2.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(&metrics, "detour_premirror_queue_depth"),
+        1.0,
+        "{metrics}"
+    );
+}

@@ -705,3 +705,45 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         .ok()?;
     Some(Duration::from_secs(secs.min(60)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_is_honoured_and_capped_and_backoff_grows_to_a_cap() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(retry_after(&headers), None);
+        headers.insert(reqwest::header::RETRY_AFTER, HeaderValue::from_static("3"));
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(3)));
+        headers.insert(reqwest::header::RETRY_AFTER, HeaderValue::from_static("86400"));
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(60)));
+        assert_eq!(backoff(0), Duration::from_millis(200));
+        assert_eq!(backoff(1), Duration::from_millis(400));
+        assert_eq!(backoff(30), Duration::from_secs(10));
+        assert!(retryable_status(StatusCode::TOO_MANY_REQUESTS));
+        assert!(retryable_status(StatusCode::BAD_GATEWAY));
+        assert!(!retryable_status(StatusCode::NOT_FOUND));
+        assert!(!retryable_status(StatusCode::UNAUTHORIZED));
+    }
+
+    #[test]
+    fn docker_hub_goes_to_its_api_host_and_literal_addresses_are_checked() {
+        let client = RegistryClient::new(ClientSettings {
+            plain_http: vec!["mirror.local:5000".into()],
+            ..ClientSettings::default()
+        })
+        .unwrap();
+        assert_eq!(
+            client.base("docker.io").unwrap().as_str(),
+            "https://registry-1.docker.io/v2/"
+        );
+        assert_eq!(
+            client.base("mirror.local:5000").unwrap().as_str(),
+            "http://mirror.local:5000/v2/"
+        );
+        let refused = client.base("169.254.169.254").unwrap_err().to_string();
+        assert!(refused.contains("metadata"), "{refused}");
+        assert!(client.base("[::1]:5000").is_err());
+    }
+}

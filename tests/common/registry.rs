@@ -269,6 +269,17 @@ impl Registry {
 
     /// Pushes a multi-platform index of `images` (each pushed by digest).
     pub async fn push_index(&self, repo: &str, tag: &str, images: &[(&str, &Image)]) -> Vec<u8> {
+        self.push_index_as(repo, tag, OCI_INDEX, images).await
+    }
+
+    /// The same with another index media type (a Docker manifest list).
+    pub async fn push_index_as(
+        &self,
+        repo: &str,
+        tag: &str,
+        index_type: &str,
+        images: &[(&str, &Image)],
+    ) -> Vec<u8> {
         let mut entries = Vec::new();
         for (platform, image) in images {
             for blob in image.blobs() {
@@ -290,11 +301,11 @@ impl Registry {
         }
         let index = serde_json::to_vec_pretty(&json!({
             "schemaVersion": 2,
-            "mediaType": OCI_INDEX,
+            "mediaType": index_type,
             "manifests": entries,
         }))
         .unwrap();
-        self.push_manifest(repo, tag, OCI_INDEX, &index).await;
+        self.push_manifest(repo, tag, index_type, &index).await;
         index
     }
 
@@ -348,6 +359,7 @@ impl Drop for Registry {
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 
 /// A synthetic image: a config blob, random layers, a manifest.
 pub struct Image {
