@@ -124,3 +124,38 @@ fn user_rules_take_precedence_over_presets_with_the_same_source() {
         Some("ghcr.lank8s.cn/o/i")
     );
 }
+
+#[test]
+fn mirror_settings_are_typed_and_checked() {
+    let c = Config::from_yaml(
+        "mirror:\n  lookupBudget: 250ms\n  platforms: [linux/amd64]\nrules:\n  - source: quay.io\n    kind: host\n    target: harbor.example\n    premirror: true\n    swap: if-present\n",
+        "t.yaml",
+    )
+    .unwrap();
+    assert_eq!(c.mirror.lookup_budget.0, std::time::Duration::from_millis(250));
+    assert_eq!(c.mirror.queue_length, 256);
+    let rule = &c.rules.rules()[0];
+    assert!(rule.mirror.premirror);
+    assert_eq!(rule.mirror.swap, crate::rules::Swap::IfPresent);
+
+    let refused = |yaml: &str, needle: &str| {
+        let e = refused(yaml);
+        assert!(e.contains(needle), "{yaml}\n=> {e}");
+    };
+    refused("mirror:\n  lookupBudget: soon\n", "invalid duration");
+    refused("mirror:\n  queueLength: 0\n", "queueLength must be between 1");
+    refused("mirror:\n  credential: [x]\n", "unknown field");
+    refused("mirror:\n  platforms: [linux]\n", "os/arch");
+    refused(
+        "rules:\n  - source: quay.io\n    kind: keep\n    premirror: true\n",
+        "no target to mirror into",
+    );
+    refused(
+        "mirror:\n  platforms: [linux/amd64]\nrules:\n  - source: quay.io\n    kind: host\n    target: harbor.example\n    premirror: true\n",
+        "use swap: if-present",
+    );
+    refused(
+        "rules:\n  - source: quay.io\n    kind: host\n    target: harbor.example\n    swap: sometimes\n",
+        "unknown variant",
+    );
+}
