@@ -1,7 +1,9 @@
 //! `detour serve`: the HTTPS webhook and the plain-HTTP admin server.
 //!
 //! Layer: runtime wiring. The HTTP handlers are thin: read a bounded body,
-//! call [`admission::review`], log and count. Readiness starts false and
+//! [`admission::prepare`] it, ask the mirror about `swap: if-present`
+//! images (within the lookup budget), [`admission::Prepared::finish`], log
+//! and count, and queue pre-mirror copies after the answer is built. Readiness starts false and
 //! turns true only once config and TLS are loaded and the listener is bound;
 //! on SIGTERM it turns false, the server keeps answering for the drain delay
 //! (while endpoints stop routing here), then finishes in-flight requests.

@@ -132,7 +132,10 @@ fn mirror_settings_are_typed_and_checked() {
         "t.yaml",
     )
     .unwrap();
-    assert_eq!(c.mirror.lookup_budget.0, std::time::Duration::from_millis(250));
+    assert_eq!(
+        c.mirror.lookup_budget.0,
+        std::time::Duration::from_millis(250)
+    );
     assert_eq!(c.mirror.queue_length, 256);
     let rule = &c.rules.rules()[0];
     assert!(rule.mirror.premirror);
@@ -143,7 +146,10 @@ fn mirror_settings_are_typed_and_checked() {
         assert!(e.contains(needle), "{yaml}\n=> {e}");
     };
     refused("mirror:\n  lookupBudget: soon\n", "invalid duration");
-    refused("mirror:\n  queueLength: 0\n", "queueLength must be between 1");
+    refused(
+        "mirror:\n  queueLength: 0\n",
+        "queueLength must be between 1",
+    );
     refused("mirror:\n  credential: [x]\n", "unknown field");
     refused("mirror:\n  platforms: [linux]\n", "os/arch");
     refused(

@@ -716,7 +716,10 @@ mod tests {
         assert_eq!(retry_after(&headers), None);
         headers.insert(reqwest::header::RETRY_AFTER, HeaderValue::from_static("3"));
         assert_eq!(retry_after(&headers), Some(Duration::from_secs(3)));
-        headers.insert(reqwest::header::RETRY_AFTER, HeaderValue::from_static("86400"));
+        headers.insert(
+            reqwest::header::RETRY_AFTER,
+            HeaderValue::from_static("86400"),
+        );
         assert_eq!(retry_after(&headers), Some(Duration::from_secs(60)));
         assert_eq!(backoff(0), Duration::from_millis(200));
         assert_eq!(backoff(1), Duration::from_millis(400));

@@ -167,7 +167,7 @@ impl Copier {
             .is_some()
         {
             report.manifests_skipped += 1 + children.len() as u64;
-            self.tag(&dst, tag.as_deref(), &top, &mut report).await?;
+            self.tag(&dst, tag.as_deref(), &top).await?;
             return Ok(report);
         }
 
@@ -233,7 +233,7 @@ impl Copier {
         }
         self.client.put_manifest(&dst, &top.digest, &top).await?;
         report.manifests_copied += 1;
-        self.tag(&dst, tag.as_deref(), &top, &mut report).await?;
+        self.tag(&dst, tag.as_deref(), &top).await?;
         Ok(report)
     }
 
@@ -242,7 +242,6 @@ impl Copier {
         dst: &Repo,
         tag: Option<&str>,
         top: &ManifestBytes,
-        _report: &mut CopyReport,
     ) -> Result<(), MirrorError> {
         let Some(tag) = tag else { return Ok(()) };
         if self.client.manifest_digest(dst, tag).await?.as_deref() == Some(top.digest.as_str()) {
