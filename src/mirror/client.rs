@@ -93,6 +93,21 @@ struct Access {
 }
 
 impl Access {
+    fn pull(repo: &Repo) -> Access {
+        Access {
+            repo: repo.clone(),
+            push: false,
+            mount_from: None,
+        }
+    }
+
+    fn push(repo: &Repo) -> Access {
+        Access {
+            push: true,
+            ..Access::pull(repo)
+        }
+    }
+
     fn scopes(&self) -> Vec<String> {
         let actions = if self.push { "pull,push" } else { "pull" };
         let mut out = vec![format!("repository:{}:{actions}", self.repo.path)];
@@ -214,6 +229,14 @@ impl RegistryClient {
             .map_err(|e| MirrorError::Invalid(format!("{repo}: {e}")))
     }
 
+    /// Adds the cached `Authorization` to a request sent without [`Self::send`].
+    fn with_cached_auth(&self, request: RequestBuilder, access: &Access) -> RequestBuilder {
+        match self.cached_auth(access) {
+            Some(header) => request.header(AUTHORIZATION, header),
+            None => request,
+        }
+    }
+
     fn cached_auth(&self, access: &Access) -> Option<HeaderValue> {
         let key = (access.repo.host.clone(), access.scopes());
         let cache = self.auth.lock().unwrap_or_else(|p| p.into_inner());
@@ -240,6 +263,8 @@ impl RegistryClient {
             if total_timeout {
                 request = request.timeout(self.settings.request_timeout);
             }
+            // Kept to tell, after a 401, whether another request has since
+            // fetched a new token.
             let sent = self.cached_auth(access);
             if let Some(header) = &sent {
                 request = request.header(AUTHORIZATION, header.clone());
@@ -387,11 +412,7 @@ impl RegistryClient {
         reference: &str,
     ) -> Result<Option<String>, MirrorError> {
         let url = self.url(repo, &format!("manifests/{reference}"))?;
-        let access = Access {
-            repo: repo.clone(),
-            push: false,
-            mount_from: None,
-        };
+        let access = Access::pull(repo);
         let op = format!("HEAD {repo}:{reference}");
         let response = self
             .send(&access, &op, true, |h| {
@@ -424,11 +445,7 @@ impl RegistryClient {
         reference: &str,
     ) -> Result<ManifestBytes, MirrorError> {
         let url = self.url(repo, &format!("manifests/{reference}"))?;
-        let access = Access {
-            repo: repo.clone(),
-            push: false,
-            mount_from: None,
-        };
+        let access = Access::pull(repo);
         let op = format!("GET manifest {repo}:{reference}");
         let response = self
             .send(&access, &op, true, |h| {
@@ -471,11 +488,7 @@ impl RegistryClient {
         manifest: &ManifestBytes,
     ) -> Result<(), MirrorError> {
         let url = self.url(repo, &format!("manifests/{reference}"))?;
-        let access = Access {
-            repo: repo.clone(),
-            push: true,
-            mount_from: None,
-        };
+        let access = Access::push(repo);
         let op = format!("PUT manifest {repo}:{reference}");
         let response = self
             .send(&access, &op, true, |h| {
@@ -492,11 +505,7 @@ impl RegistryClient {
 
     pub async fn blob_exists(&self, repo: &Repo, digest: &str) -> Result<bool, MirrorError> {
         let url = self.url(repo, &format!("blobs/{digest}"))?;
-        let access = Access {
-            repo: repo.clone(),
-            push: true,
-            mount_from: None,
-        };
+        let access = Access::push(repo);
         let op = format!("HEAD blob {repo}@{digest}");
         let response = self
             .send(&access, &op, true, |h| h.head(url.clone()))
@@ -511,11 +520,7 @@ impl RegistryClient {
     /// Starts fetching a blob; the caller streams the body.
     pub async fn get_blob(&self, repo: &Repo, digest: &str) -> Result<Response, MirrorError> {
         let url = self.url(repo, &format!("blobs/{digest}"))?;
-        let access = Access {
-            repo: repo.clone(),
-            push: false,
-            mount_from: None,
-        };
+        let access = Access::pull(repo);
         let op = format!("GET blob {repo}@{digest}");
         let response = self
             .send(&access, &op, false, |h| h.get(url.clone()))
@@ -541,9 +546,8 @@ impl RegistryClient {
                 .append_pair("from", from);
         }
         let access = Access {
-            repo: repo.clone(),
-            push: true,
             mount_from: mount.map(|(_, from)| from.to_string()),
+            ..Access::push(repo)
         };
         let op = format!("POST upload {repo}");
         let response = self
@@ -565,21 +569,12 @@ impl RegistryClient {
         session: Url,
         body: reqwest::Body,
     ) -> Result<Url, MirrorError> {
-        let access = Access {
-            repo: repo.clone(),
-            push: true,
-            mount_from: None,
-        };
         let op = format!("PATCH upload {repo}");
-        let mut request = self
-            .http
-            .patch(session)
+        let request = self.http.patch(session);
+        let response = self
+            .with_cached_auth(request, &Access::push(repo))
             .header(CONTENT_TYPE, "application/octet-stream")
-            .body(body);
-        if let Some(header) = self.cached_auth(&access) {
-            request = request.header(AUTHORIZATION, header);
-        }
-        let response = request
+            .body(body)
             .send()
             .await
             .map_err(|e| MirrorError::transport(&op, e))?;
@@ -597,11 +592,7 @@ impl RegistryClient {
         digest: &str,
     ) -> Result<(), MirrorError> {
         session.query_pairs_mut().append_pair("digest", digest);
-        let access = Access {
-            repo: repo.clone(),
-            push: true,
-            mount_from: None,
-        };
+        let access = Access::push(repo);
         let op = format!("PUT upload {repo}@{digest}");
         let response = self
             .send(&access, &op, true, |h| {
@@ -617,19 +608,14 @@ impl RegistryClient {
 
     /// Abandons an upload session (best effort: registries expire them anyway).
     pub async fn cancel_upload(&self, repo: &Repo, session: Url) {
-        let access = Access {
-            repo: repo.clone(),
-            push: true,
-            mount_from: None,
-        };
-        let mut request = self
+        let request = self
             .http
             .delete(session)
             .timeout(self.settings.request_timeout);
-        if let Some(header) = self.cached_auth(&access) {
-            request = request.header(AUTHORIZATION, header);
-        }
-        let _ = request.send().await;
+        let _ = self
+            .with_cached_auth(request, &Access::push(repo))
+            .send()
+            .await;
     }
 }
 
