@@ -22,8 +22,8 @@ pub enum CommandError {
     Manifest(#[from] manifest::ManifestError),
     #[error("{0}: {1}")]
     Io(String, std::io::Error),
-    #[error("{0}: more than {MAX_MANIFEST_BYTES} bytes")]
-    TooLarge(String),
+    #[error("{0}: more than {1} bytes")]
+    TooLarge(String, u64),
 }
 
 /// Loads the rules that the global flags select.
@@ -82,7 +82,7 @@ pub fn rewrite(
     args: &RewriteArgs,
     out: &mut dyn Write,
 ) -> Result<i32, CommandError> {
-    let text = read_input(&args.file)?;
+    let text = read_input(&args.file, MAX_MANIFEST_BYTES)?;
     let (rewritten, changes) = manifest::rewrite_text(&text, rules)?;
     let io = |e| CommandError::Io("stdout".into(), e);
     if args.diff {
@@ -100,21 +100,22 @@ pub fn rewrite(
     Ok(0)
 }
 
-fn read_input(file: &Path) -> Result<String, CommandError> {
+/// Reads a file (or standard input for `-`), refusing more than `limit` bytes.
+pub(crate) fn read_input(file: &Path, limit: u64) -> Result<String, CommandError> {
     let name = file.display().to_string();
     let mut text = String::new();
     if name == "-" {
         std::io::stdin()
-            .take(MAX_MANIFEST_BYTES + 1)
+            .take(limit + 1)
             .read_to_string(&mut text)
             .map_err(|e| CommandError::Io(name.clone(), e))?;
     } else {
         std::fs::File::open(file)
-            .and_then(|f| f.take(MAX_MANIFEST_BYTES + 1).read_to_string(&mut text))
+            .and_then(|f| f.take(limit + 1).read_to_string(&mut text))
             .map_err(|e| CommandError::Io(name.clone(), e))?;
     }
-    if text.len() as u64 > MAX_MANIFEST_BYTES {
-        return Err(CommandError::TooLarge(name));
+    if text.len() as u64 > limit {
+        return Err(CommandError::TooLarge(name, limit));
     }
     Ok(text)
 }
