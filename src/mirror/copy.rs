@@ -137,7 +137,7 @@ impl Copier {
         if manifest::kind(&top.media_type) == Some(ManifestKind::Index) {
             children = manifest::children(&top.bytes)?;
             if let Some(manifest::FilteredIndex { bytes, kept }) =
-                manifest::filter_index(&top.bytes, &self.options.platforms)?
+                manifest::filter_index(&top.bytes, &children, &self.options.platforms)?
             {
                 report.platforms_dropped = (children.len() - kept.len()) as u64;
                 children = kept;

@@ -174,13 +174,14 @@ pub struct FilteredIndex {
     pub kept: Vec<Target>,
 }
 
-/// The index without the entries no filter matches; `None` when every
-/// entry is kept (the original bytes are then pushed).
+/// The index `bytes`, whose entries are `all` (from [`children`]), without
+/// the entries no filter matches; `None` when every entry is kept (the
+/// original bytes are then pushed).
 pub fn filter_index(
     bytes: &[u8],
+    all: &[Target],
     filters: &[PlatformFilter],
 ) -> Result<Option<FilteredIndex>, MirrorError> {
-    let all = children(bytes)?;
     let keep = |t: &Target| {
         t.platform
             .as_deref()
@@ -246,15 +247,22 @@ mod tests {
     fn platform_filters_keep_matching_entries_and_change_the_bytes() {
         let amd64: PlatformFilter = "linux/amd64".parse().unwrap();
         let arm: PlatformFilter = "linux/arm64".parse().unwrap();
-        assert!(filter_index(&index(), &[amd64.clone(), arm])
-            .unwrap()
-            .is_none());
-        let FilteredIndex { bytes, kept } = filter_index(&index(), &[amd64]).unwrap().unwrap();
+        assert!(filter_index(
+            &index(),
+            &children(&index()).unwrap(),
+            &[amd64.clone(), arm]
+        )
+        .unwrap()
+        .is_none());
+        let FilteredIndex { bytes, kept } =
+            filter_index(&index(), &children(&index()).unwrap(), &[amd64])
+                .unwrap()
+                .unwrap();
         assert_eq!(kept.len(), 1);
         assert_eq!(kept[0].digest, D1);
         assert_eq!(children(&bytes).unwrap().len(), 1);
         let none: PlatformFilter = "windows/amd64".parse().unwrap();
-        assert!(filter_index(&index(), &[none]).is_err());
+        assert!(filter_index(&index(), &children(&index()).unwrap(), &[none]).is_err());
         assert!("linux".parse::<PlatformFilter>().is_err());
         assert!("linux/arm64/v8"
             .parse::<PlatformFilter>()
