@@ -30,8 +30,10 @@ use std::fmt;
 pub const DOCKER_HUB: &str = "docker.io";
 const LEGACY_DOCKER_HUB: &str = "index.docker.io";
 const OFFICIAL_PREFIX: &str = "library/";
-/// `NameTotalLengthMax` of the grammar: domain + '/' + path.
-pub const NAME_TOTAL_LENGTH_MAX: usize = 255;
+/// `RepositoryNameTotalLengthMax` of the grammar: the length of the
+/// normalised path (`library/` included), not counting the domain. (Before
+/// February 2024 the Go code counted domain + '/' + path.)
+pub const REPOSITORY_NAME_LENGTH_MAX: usize = 255;
 const TAG_LENGTH_MAX: usize = 128;
 
 /// Why a string is not an image reference.
@@ -51,7 +53,7 @@ pub enum ReferenceError {
     EmptyPath,
     #[error("invalid reference format: invalid path component ({0})")]
     InvalidPathComponent(String),
-    #[error("invalid reference format: repository name must not be more than {NAME_TOTAL_LENGTH_MAX} characters (got {0})")]
+    #[error("invalid reference format: repository name must not be more than {REPOSITORY_NAME_LENGTH_MAX} characters (got {0})")]
     NameTooLong(usize),
     #[error("invalid reference format: invalid tag ({0})")]
     InvalidTag(String),
@@ -114,11 +116,10 @@ impl Reference {
         validate_domain(domain)?;
         validate_path(path)?;
         let library = needs_library_prefix(domain, path);
-        // The limit counts the normalised name, `library/` included, as in Go.
-        let name_len =
-            domain.len() + 1 + path.len() + if library { OFFICIAL_PREFIX.len() } else { 0 };
-        if name_len > NAME_TOTAL_LENGTH_MAX {
-            return Err(ReferenceError::NameTooLong(name_len));
+        // The limit counts the normalised path, `library/` included, as in Go.
+        let path_len = path.len() + if library { OFFICIAL_PREFIX.len() } else { 0 };
+        if path_len > REPOSITORY_NAME_LENGTH_MAX {
+            return Err(ReferenceError::NameTooLong(path_len));
         }
         if let Some(tag) = tag {
             validate_tag(tag)?;
@@ -164,9 +165,8 @@ impl Reference {
         } else {
             path
         };
-        let name_len = domain.len() + 1 + path.len();
-        if name_len > NAME_TOTAL_LENGTH_MAX {
-            return Err(ReferenceError::NameTooLong(name_len));
+        if path.len() > REPOSITORY_NAME_LENGTH_MAX {
+            return Err(ReferenceError::NameTooLong(path.len()));
         }
         Ok(Self {
             domain: domain.to_string(),

@@ -237,21 +237,48 @@ fn tag_length_limit_is_128() {
 }
 
 #[test]
-fn name_length_limit_counts_normalised_name() {
-    // docker.io/library/ + name: 18 + n characters.
-    let fits = "a".repeat(255 - "docker.io/library/".len());
-    assert!(Reference::parse(&fits).is_ok());
-    let too_long = format!("{fits}a");
-    assert_eq!(
-        Reference::parse(&too_long),
-        Err(ReferenceError::NameTooLong(256))
+fn name_length_limit_counts_the_normalised_path_only() {
+    // distribution/reference since v0.6.0: 255 characters of path, the
+    // domain not counted; Docker Hub's `library/` is part of the path.
+    let cases: &[(String, Result<(), usize>)] = &[
+        ("a".repeat(255 - "library/".len()), Ok(())),
+        ("a".repeat(256 - "library/".len()), Err(256)),
+        (format!("library/{}", "a".repeat(247)), Ok(())),
+        (format!("docker.io/{}", "a".repeat(247)), Ok(())),
+        (format!("docker.io/ns/{}", "b".repeat(252)), Ok(())),
+        (format!("docker.io/ns/{}", "b".repeat(253)), Err(256)),
+        (format!("quay.io/{}", "b".repeat(255)), Ok(())),
+        (format!("quay.io/{}", "b".repeat(256)), Err(256)),
+        // A long domain does not count: 255 + 1 + 255 characters in all.
+        (
+            format!("{}.io/{}", "d".repeat(252), "p".repeat(255)),
+            Ok(()),
+        ),
+        (
+            format!("{}.io/{}:v1", "d".repeat(252), "p".repeat(256)),
+            Err(256),
+        ),
+        (
+            format!(
+                "localhost:5000/{}@sha256:{}",
+                "p".repeat(255),
+                "0".repeat(64)
+            ),
+            Ok(()),
+        ),
+    ];
+    for (input, want) in cases {
+        let got = Reference::parse(input).map(|_| ()).map_err(|e| match e {
+            ReferenceError::NameTooLong(n) => n,
+            other => panic!("{input}: unexpected {other}"),
+        });
+        assert_eq!(&got, want, "{input}");
+    }
+    let err = Reference::parse(&"a".repeat(300)).unwrap_err().to_string();
+    assert!(
+        err.contains("repository name must not be more than 255 characters (got 308)"),
+        "{err}"
     );
-    let host = format!("quay.io/{}", "b".repeat(255 - 8));
-    assert!(Reference::parse(&host).is_ok());
-    assert!(matches!(
-        Reference::parse(&format!("{host}b")),
-        Err(ReferenceError::NameTooLong(256))
-    ));
 }
 
 #[test]
