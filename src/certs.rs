@@ -62,49 +62,79 @@ impl CertRequest {
     }
 }
 
+/// A CA that signs serving certificates. The key stays in memory: `detour
+/// certs` writes only the CA certificate, and a rotation makes a new CA.
+pub struct CertificateAuthority {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl CertificateAuthority {
+    /// A new self-signed CA, valid for `days`.
+    pub fn generate(days: i64) -> Result<Self, CertError> {
+        let now = OffsetDateTime::now_utc();
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "detour webhook CA");
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        params.not_before = now - Duration::hours(1);
+        params.not_after = now + Duration::days(days);
+        let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate()?)?;
+        Ok(Self { issuer })
+    }
+
+    pub fn pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    /// A serving certificate for `req`'s names, signed by this CA; returns
+    /// the certificate and its private key, both PEM.
+    pub fn issue(&self, req: &CertRequest) -> Result<(String, String), CertError> {
+        let names = req.dns_names();
+        if names.is_empty() && req.ips.is_empty() {
+            return Err(CertError::NoNames);
+        }
+        let now = OffsetDateTime::now_utc();
+        let mut leaf = CertificateParams::new(names.clone())?;
+        for ip in &req.ips {
+            leaf.subject_alt_names.push(SanType::IpAddress(*ip));
+        }
+        let common_name = names
+            .first()
+            .cloned()
+            .unwrap_or_else(|| req.ips[0].to_string());
+        leaf.distinguished_name
+            .push(DnType::CommonName, common_name);
+        leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        leaf.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        leaf.not_before = now - Duration::hours(1);
+        leaf.not_after = now + Duration::days(req.days);
+        let leaf_key = KeyPair::generate()?;
+        let cert = leaf.signed_by(&leaf_key, &self.issuer)?;
+        Ok((cert.pem(), leaf_key.serialize_pem()))
+    }
+}
+
+/// A new CA (valid ten times as long as the serving certificate) and a
+/// serving certificate signed by it.
 pub fn generate(req: &CertRequest) -> Result<CertBundle, CertError> {
-    let names = req.dns_names();
-    if names.is_empty() && req.ips.is_empty() {
+    if req.dns_names().is_empty() && req.ips.is_empty() {
         return Err(CertError::NoNames);
     }
-    let now = OffsetDateTime::now_utc();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "detour webhook CA");
-    ca_params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    ca_params.not_before = now - Duration::hours(1);
-    ca_params.not_after = now + Duration::days(req.days * 10);
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
-
-    let mut leaf = CertificateParams::new(names.clone())?;
-    for ip in &req.ips {
-        leaf.subject_alt_names.push(SanType::IpAddress(*ip));
-    }
-    let common_name = names
-        .first()
-        .cloned()
-        .unwrap_or_else(|| req.ips[0].to_string());
-    leaf.distinguished_name
-        .push(DnType::CommonName, common_name);
-    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    leaf.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
-    leaf.not_before = now - Duration::hours(1);
-    leaf.not_after = now + Duration::days(req.days);
-    let leaf_key = KeyPair::generate()?;
-    let cert = leaf.signed_by(&leaf_key, &ca)?;
+    let ca = CertificateAuthority::generate(req.days * 10)?;
+    let (cert_pem, key_pem) = ca.issue(req)?;
     Ok(CertBundle {
         ca_pem: ca.pem(),
-        cert_pem: cert.pem(),
-        key_pem: leaf_key.serialize_pem(),
+        cert_pem,
+        key_pem,
     })
 }
 
