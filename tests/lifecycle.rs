@@ -13,24 +13,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::json;
 
-/// Writes `files` the way the kubelet's AtomicWriter does: into a fresh
-/// timestamped directory, then `..data` is swapped to it with a rename.
-fn atomic_write(dir: &Path, generation: u32, files: &[(&str, Vec<u8>)]) {
-    std::fs::create_dir_all(dir).unwrap();
-    let target = format!("..2026_11_22_{generation:04}");
-    std::fs::create_dir(dir.join(&target)).unwrap();
-    for (name, content) in files {
-        std::fs::write(dir.join(&target).join(name), content).unwrap();
-        let link = dir.join(name);
-        if std::fs::symlink_metadata(&link).is_err() {
-            std::os::unix::fs::symlink(format!("..data/{name}"), &link).unwrap();
-        }
-    }
-    let tmp = dir.join("..data_tmp");
-    std::os::unix::fs::symlink(&target, &tmp).unwrap();
-    std::fs::rename(&tmp, dir.join("..data")).unwrap();
-}
-
 fn cert_files(dir: &Path) -> Vec<(&'static str, Vec<u8>)> {
     vec![
         ("tls.crt", std::fs::read(dir.join("tls.crt")).unwrap()),

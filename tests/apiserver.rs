@@ -1,0 +1,1120 @@
+//! End to end through a real kube-apiserver (built from Go modules, see
+//! tests/kube/): the install manifests applied as users apply them, the real
+//! `detour serve` binary on 127.0.0.1, the apiserver calling it for every
+//! Pod, kubectl creating Pods and printing warnings.
+//!
+//! Since no Pod runs, detour runs on the host: the tests install the shipped
+//! overlays through a test overlay that points `clientConfig` at a `url` on
+//! 127.0.0.1 (with the CA of detour's certificate in `caBundle`); everything
+//! else is applied as shipped, and detour serves the shipped config.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use common::kube::{control_plane, metric_value, serial, ControlPlane};
+use common::*;
+use serde_json::{json, Value};
+
+const REPO: &str = env!("CARGO_MANIFEST_DIR");
+const PAUSE: &str = "registry.k8s.io/pause:3.9";
+const PAUSE_MIRRORED: &str = "m.daocloud.io/registry.k8s.io/pause:3.9";
+
+fn shipped_config() -> PathBuf {
+    Path::new(REPO).join("manifests/base/config.yaml")
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// detour serving the shipped config with certificates from `detour certs`.
+fn start_detour() -> Server {
+    Server::start(Options {
+        config: Some(&shipped_config()),
+        ..Options::default()
+    })
+}
+
+fn detour_ca(detour: &Server) -> String {
+    std::fs::read_to_string(detour.cert_dir.join("ca.crt")).unwrap()
+}
+
+/// Copies `manifests/` into `dest`, as a user's checkout would have it.
+fn copy_manifests(dest: &Path) {
+    fn copy(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let target = to.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                copy(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), target).unwrap();
+            }
+        }
+    }
+    copy(&Path::new(REPO).join("manifests"), &dest.join("manifests"));
+}
+
+fn install_cert_manager_crds(cp: &ControlPlane) {
+    let crds =
+        std::fs::read_to_string(Path::new(REPO).join("tests/fixtures/kube/cert-manager-crds.yaml"))
+            .unwrap();
+    cp.apply(&crds);
+    cp.kubectl_ok(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=30s",
+        "crd/issuers.cert-manager.io",
+        "crd/certificates.cert-manager.io",
+    ]);
+}
+
+/// The shipped webhook configuration, installed by `kubectl apply -k` of a
+/// test overlay over `manifests/overlays/{overlay}` that only swaps each
+/// webhook's Service for a URL of detour on 127.0.0.1. Removed on drop.
+struct Installed<'a> {
+    cp: &'a ControlPlane,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl<'a> Installed<'a> {
+    fn new(cp: &'a ControlPlane, overlay: &str, port: u16, ca_bundle: &str) -> Self {
+        install_cert_manager_crds(cp);
+        let dir = tempfile::tempdir().unwrap();
+        copy_manifests(dir.path());
+        let e2e = dir.path().join("e2e");
+        std::fs::create_dir(&e2e).unwrap();
+        let ops: Vec<Value> = [
+            ("enforce.detour.dev", "/mutate"),
+            ("audit.detour.dev", "/audit"),
+        ]
+        .iter()
+        .enumerate()
+        .flat_map(|(i, (name, path))| {
+            [
+                json!({"op": "test", "path": format!("/webhooks/{i}/name"), "value": name}),
+                json!({"op": "replace", "path": format!("/webhooks/{i}/clientConfig"),
+                           "value": {"url": format!("https://127.0.0.1:{port}{path}"),
+                                     "caBundle": b64(ca_bundle.as_bytes())}}),
+            ]
+        })
+        .collect();
+        let kustomization = json!({
+            "apiVersion": "kustomize.config.k8s.io/v1beta1",
+            "kind": "Kustomization",
+            "resources": [format!("../manifests/overlays/{overlay}")],
+            "patches": [{
+                "target": {"kind": "MutatingWebhookConfiguration", "name": "detour"},
+                "patch": serde_json::to_string(&ops).unwrap(),
+            }],
+        });
+        std::fs::write(e2e.join("kustomization.yaml"), kustomization.to_string()).unwrap();
+        cp.kubectl_ok(&["apply", "-k", e2e.to_str().unwrap()]);
+        Installed {
+            cp,
+            port,
+            _dir: dir,
+        }
+    }
+
+    /// Points both webhooks at detour on `host` (an address or name its
+    /// certificate covers) with `ca_pem` as `caBundle`. A changed client
+    /// config makes the apiserver dial new connections, as a new replica
+    /// behind a Service would: the apiserver otherwise keeps its connections
+    /// (and the certificate they were opened with) across a rotation.
+    fn reconfigure(&self, host: &str, ca_pem: &str) {
+        let ops: Vec<Value> = [(0, "/mutate"), (1, "/audit")]
+            .iter()
+            .map(|(i, path)| {
+                json!({"op": "replace", "path": format!("/webhooks/{i}/clientConfig"),
+                       "value": {"url": format!("https://{host}:{}{path}", self.port),
+                                 "caBundle": b64(ca_pem.as_bytes())}})
+            })
+            .collect();
+        self.cp.kubectl_ok(&[
+            "patch",
+            "mutatingwebhookconfiguration",
+            "detour",
+            "--type=json",
+            "-p",
+            &serde_json::to_string(&ops).unwrap(),
+        ]);
+    }
+}
+
+impl Drop for Installed<'_> {
+    fn drop(&mut self) {
+        let _ = self.cp.kubectl(&[
+            "delete",
+            "mutatingwebhookconfiguration",
+            "detour",
+            "--ignore-not-found",
+        ]);
+    }
+}
+
+fn pod(name: &str, containers: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+           "spec": {"containers": containers}})
+}
+
+fn pause_pod(name: &str) -> Value {
+    pod(name, json!([{"name": "app", "image": PAUSE}]))
+}
+
+/// `kubectl create -o json -f -`: the object the apiserver stored (or, with
+/// `--dry-run=server`, would store) and what kubectl printed on stderr.
+fn create(cp: &ControlPlane, ns: &str, object: &Value, extra: &[&str]) -> (Value, String) {
+    let mut args = vec!["create", "-n", ns, "-o", "json", "-f", "-"];
+    args.extend_from_slice(extra);
+    let out = cp.kubectl_with_input(&args, Some(&object.to_string()));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "kubectl create: {stderr}");
+    (serde_json::from_slice(&out.stdout).unwrap(), stderr)
+}
+
+fn image(pod: &Value, list: &str, i: usize) -> String {
+    pod["spec"][list][i]["image"].as_str().unwrap().to_string()
+}
+
+/// Waits until the apiserver sends `ns`'s Pods to detour's enforce webhook
+/// (a new webhook configuration takes a moment to reach its informer).
+fn wait_enforced(cp: &ControlPlane, ns: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (probe, _) = create(cp, ns, &pause_pod("probe"), &["--dry-run=server"]);
+        if image(&probe, "containers", 0) == PAUSE_MIRRORED {
+            return;
+        }
+        assert!(Instant::now() < deadline, "webhook never called for {ns}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Waits until a dry-run Pod in `ns` is left alone by the webhooks.
+fn wait_untouched(cp: &ControlPlane, ns: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (probe, stderr) = create(cp, ns, &pause_pod("probe"), &["--dry-run=server"]);
+        if image(&probe, "containers", 0) == PAUSE && !stderr.contains("detour") {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{ns} is still handled by detour");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Waits until the audit webhook answers for `ns` (a dry run prints its warning).
+fn wait_audited(cp: &ControlPlane, ns: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (probe, stderr) = create(cp, ns, &pause_pod("probe"), &["--dry-run=server"]);
+        if stderr.contains("detour: would rewrite") {
+            assert_eq!(image(&probe, "containers", 0), PAUSE);
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "audit webhook never called for {ns}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn the_control_plane_is_the_pinned_release() {
+    let _turn = serial();
+    let cp = control_plane();
+    assert_eq!(
+        cp.version, "v1.37.2",
+        "/version of the built kube-apiserver"
+    );
+    let client = cp.kubectl_ok(&["version", "-o", "json"]);
+    let client: Value = serde_json::from_str(&client).unwrap();
+    assert_eq!(client["clientVersion"]["gitVersion"], "v1.37.2");
+    // policy/v1 is served (the PodDisruptionBudget of the manifests needs it).
+    let versions = cp.kubectl_ok(&["api-versions"]);
+    assert!(versions.lines().any(|l| l == "policy/v1"), "{versions}");
+}
+
+#[test]
+fn every_overlay_is_accepted_by_the_apiserver() {
+    let _turn = serial();
+    let cp = control_plane();
+    install_cert_manager_crds(cp);
+    let dir = tempfile::tempdir().unwrap();
+    copy_manifests(dir.path());
+    let manifests = dir.path().join("manifests");
+    // The README's command for the self-signed overlay.
+    detour(&[
+        "certs",
+        "--out",
+        manifests
+            .join("overlays/self-signed/certs")
+            .to_str()
+            .unwrap(),
+        "--service",
+        "detour",
+        "--namespace",
+        "detour-system",
+    ]);
+    for overlay in ["opt-in", "cluster-wide", "cert-manager", "self-signed"] {
+        let path = manifests.join("overlays").join(overlay);
+        let path = path.to_str().unwrap();
+        let rendered = cp.kubectl_ok(&["kustomize", path]);
+        // kubectl validates every field on the server (strict field validation).
+        let applied = cp.kubectl_ok(&["apply", "-k", path]);
+        let objects: Vec<(String, String)> = rendered
+            .split("\n---\n")
+            .map(|doc| {
+                let v: serde_yaml_ng::Value = serde_yaml_ng::from_str(doc).unwrap();
+                let kind = v["kind"].as_str().unwrap().to_lowercase();
+                let name = v["metadata"]["name"].as_str().unwrap().to_string();
+                (kind, name)
+            })
+            .collect();
+        assert!(objects.len() >= 10, "{overlay}: {rendered}");
+        for (kind, name) in &objects {
+            assert!(
+                applied.contains(&format!("/{name} ")),
+                "{overlay}: {kind}/{name} not applied:\n{applied}"
+            );
+            // Stored: every object reads back from the apiserver.
+            let stored = cp.get(&["-n", "detour-system", kind, name]);
+            assert_eq!(stored["metadata"]["name"], name.as_str());
+        }
+        let webhook = cp.get(&["mutatingwebhookconfiguration", "detour"]);
+        for hook in webhook["webhooks"].as_array().unwrap() {
+            assert_eq!(hook["failurePolicy"], "Ignore");
+            assert_eq!(hook["sideEffects"], "NoneOnDryRun");
+            assert_eq!(hook["reinvocationPolicy"], "IfNeeded");
+            assert_eq!(hook["timeoutSeconds"], 5);
+        }
+        let enforce = &webhook["webhooks"][0]["namespaceSelector"]["matchExpressions"][1];
+        match overlay {
+            "cluster-wide" => assert_eq!(enforce["operator"], "NotIn", "{overlay}"),
+            _ => assert_eq!(enforce["operator"], "In", "{overlay}"),
+        }
+        if overlay == "self-signed" {
+            let ca = std::fs::read(manifests.join("overlays/self-signed/certs/ca.crt")).unwrap();
+            for hook in webhook["webhooks"].as_array().unwrap() {
+                assert_eq!(hook["clientConfig"]["caBundle"], b64(&ca));
+            }
+        }
+    }
+    cp.kubectl_ok(&["delete", "mutatingwebhookconfiguration", "detour"]);
+}
+
+#[test]
+fn enforce_rewrites_containers_init_containers_and_a_deployments_pods() {
+    let _turn = serial();
+    let cp = control_plane();
+    let detour = start_detour();
+    let _installed = Installed::new(cp, "opt-in", detour.port, &detour_ca(&detour));
+    let ns = "e2e-enforce";
+    cp.namespace(ns, &[("detour.dev/mode", "enforce")]);
+    wait_enforced(cp, ns);
+
+    let app = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "app"}, "spec": {
+    "initContainers": [{"name": "init", "image": "k8s.gcr.io/pause:3.1"}],
+    "containers": [
+        {"name": "app", "image": "registry.k8s.io/ingress-nginx/controller:v1.9.4"},
+        {"name": "web", "image": "nginx:1.25"},
+    ]}});
+    let (created, _) = create(cp, ns, &app, &[]);
+    let stored = cp.get(&["-n", ns, "pod", "app"]);
+    for pod in [&created, &stored] {
+        assert_eq!(
+            image(pod, "containers", 0),
+            "m.daocloud.io/registry.k8s.io/ingress-nginx/controller:v1.9.4"
+        );
+        assert_eq!(image(pod, "containers", 1), "nginx:1.25");
+        assert_eq!(
+            image(pod, "initContainers", 0),
+            "m.daocloud.io/k8s.gcr.io/pause:3.1"
+        );
+    }
+    let originals: Value = serde_json::from_str(
+        stored["metadata"]["annotations"]["detour.dev/original-images"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        originals,
+        json!({"app": "registry.k8s.io/ingress-nginx/controller:v1.9.4", "init": "k8s.gcr.io/pause:3.1"})
+    );
+
+    // A Deployment is stored as written (detour rewrites Pods, not templates);
+    // its Pods, made from the template as the ReplicaSet controller makes
+    // them, are rewritten.
+    let template = json!({"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [
+        {"name": "web", "image": "registry.k8s.io/echoserver:2.5"}]}});
+    let deployment = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web"},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}}, "template": template}});
+    let (deployment, _) = create(cp, ns, &deployment, &[]);
+    assert_eq!(
+        deployment["spec"]["template"]["spec"]["containers"][0]["image"],
+        "registry.k8s.io/echoserver:2.5"
+    );
+    let mut rs_template = deployment["spec"]["template"].clone();
+    rs_template["metadata"]["labels"]["pod-template-hash"] = "5d8c7f9b6".into();
+    let owner = |kind: &str, obj: &Value| {
+        json!([{"apiVersion": "apps/v1", "kind": kind, "name": obj["metadata"]["name"],
+                "uid": obj["metadata"]["uid"], "controller": true, "blockOwnerDeletion": true}])
+    };
+    let replica_set = json!({"apiVersion": "apps/v1", "kind": "ReplicaSet",
+        "metadata": {"name": "web-5d8c7f9b6", "labels": rs_template["metadata"]["labels"],
+                     "ownerReferences": owner("Deployment", &deployment)},
+        "spec": {"replicas": 2, "selector": {"matchLabels": rs_template["metadata"]["labels"]},
+                 "template": rs_template}});
+    let (replica_set, _) = create(cp, ns, &replica_set, &[]);
+    for _ in 0..2 {
+        let mut pod = json!({"apiVersion": "v1", "kind": "Pod", "spec": rs_template["spec"]});
+        pod["metadata"] = rs_template["metadata"].clone();
+        pod["metadata"]["generateName"] = "web-5d8c7f9b6-".into();
+        pod["metadata"]["ownerReferences"] = owner("ReplicaSet", &replica_set);
+        let (created, _) = create(cp, ns, &pod, &[]);
+        assert_eq!(
+            image(&created, "containers", 0),
+            "m.daocloud.io/registry.k8s.io/echoserver:2.5"
+        );
+    }
+    let pods = cp.get(&["-n", ns, "pods", "-l", "app=web"]);
+    let items = pods["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2);
+    for pod in items {
+        assert_eq!(
+            image(pod, "containers", 0),
+            "m.daocloud.io/registry.k8s.io/echoserver:2.5"
+        );
+    }
+    let metrics = detour.metrics();
+    assert!(
+        metrics.contains(r#"detour_admissions_total{mode="enforce",outcome="patched"}"#),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn kubectl_debug_rewrites_only_the_new_ephemeral_container() {
+    let _turn = serial();
+    let cp = control_plane();
+    let detour = start_detour();
+    let _installed = Installed::new(cp, "opt-in", detour.port, &detour_ca(&detour));
+    let ns = "e2e-debug";
+    cp.namespace(ns, &[("detour.dev/mode", "enforce")]);
+    wait_enforced(cp, ns);
+    let target = pod(
+        "target",
+        json!([{"name": "app", "image": PAUSE}, {"name": "web", "image": "nginx:1.25"}]),
+    );
+    create(cp, ns, &target, &[]);
+    let before = cp.get(&["-n", ns, "pod", "target"]);
+    let debug = |name: &str, image: &str| {
+        let out = cp.kubectl(&[
+            "debug",
+            "-n",
+            ns,
+            "target",
+            "-c",
+            name,
+            &format!("--image={image}"),
+            "--profile=general",
+        ]);
+        assert!(
+            out.status.success(),
+            "kubectl debug: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    debug(
+        "debugger",
+        "registry.k8s.io/e2e-test-images/busybox:1.36.1-1",
+    );
+    let after = cp.get(&["-n", ns, "pod", "target"]);
+    assert_eq!(
+        image(&after, "ephemeralContainers", 0),
+        "m.daocloud.io/registry.k8s.io/e2e-test-images/busybox:1.36.1-1"
+    );
+    assert_eq!(after["spec"]["containers"], before["spec"]["containers"]);
+    assert_eq!(
+        after["metadata"]["annotations"],
+        before["metadata"]["annotations"]
+    );
+    // A second debug container: the first is not touched again.
+    debug("second", "k8s.gcr.io/pause:3.1");
+    let after = cp.get(&["-n", ns, "pod", "target"]);
+    assert_eq!(
+        image(&after, "ephemeralContainers", 0),
+        "m.daocloud.io/registry.k8s.io/e2e-test-images/busybox:1.36.1-1"
+    );
+    assert_eq!(
+        image(&after, "ephemeralContainers", 1),
+        "m.daocloud.io/k8s.gcr.io/pause:3.1"
+    );
+    assert_eq!(after["spec"]["containers"], before["spec"]["containers"]);
+}
+
+#[test]
+fn audit_mode_warns_through_kubectl_and_annotates_the_audit_log() {
+    let _turn = serial();
+    let cp = control_plane();
+    let detour = start_detour();
+    let _installed = Installed::new(cp, "opt-in", detour.port, &detour_ca(&detour));
+    let ns = "e2e-audit";
+    cp.namespace(ns, &[("detour.dev/mode", "audit")]);
+    wait_audited(cp, ns);
+    let out = cp.kubectl(&["run", "-n", ns, "pause", &format!("--image={PAUSE}")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "Warning: detour: would rewrite pause: {PAUSE} -> {PAUSE_MIRRORED}"
+        )),
+        "kubectl printed: {stderr}"
+    );
+    let stored = cp.get(&["-n", ns, "pod", "pause"]);
+    assert_eq!(image(&stored, "containers", 0), PAUSE);
+    assert!(stored["metadata"]["annotations"]["detour.dev/original-images"].is_null());
+
+    // The apiserver's audit log holds detour's audit annotation, under the
+    // webhook's name.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let event = loop {
+        let found = cp.audit_events().into_iter().find(|e| {
+            e["objectRef"]["namespace"] == ns
+                && e["objectRef"]["name"] == "pause"
+                && e["verb"] == "create"
+                && e["stage"] == "ResponseComplete"
+        });
+        if let Some(event) = found {
+            break event;
+        }
+        assert!(Instant::now() < deadline, "no audit event for the Pod");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let annotation = event["annotations"]["audit.detour.dev/would-rewrite"]
+        .as_str()
+        .unwrap_or_else(|| panic!("annotations: {}", event["annotations"]));
+    let report: Value = serde_json::from_str(annotation).unwrap();
+    assert_eq!(report[0]["container"], "pause");
+    assert_eq!(report[0]["from"], PAUSE);
+    assert_eq!(report[0]["to"], PAUSE_MIRRORED);
+}
+
+#[test]
+fn namespace_labels_switch_modes_and_the_cluster_wide_overlay_covers_the_rest() {
+    let _turn = serial();
+    let cp = control_plane();
+    let detour = start_detour();
+    let ca = detour_ca(&detour);
+    let installed = Installed::new(cp, "opt-in", detour.port, &ca);
+    let ns = "e2e-modes";
+    let other = "e2e-unlabelled";
+    cp.namespace(ns, &[]);
+    cp.namespace(other, &[]);
+    let mode = |value: Option<&str>| {
+        let label = match value {
+            Some(v) => format!("detour.dev/mode={v}"),
+            None => "detour.dev/mode-".to_string(),
+        };
+        cp.kubectl_ok(&["label", "namespace", ns, &label, "--overwrite"]);
+    };
+    // Opt-in: an unlabelled namespace is not touched...
+    wait_untouched(cp, ns);
+    let (p, warnings) = create(cp, ns, &pause_pod("unlabelled"), &[]);
+    assert_eq!(image(&p, "containers", 0), PAUSE);
+    assert!(!warnings.contains("detour"), "{warnings}");
+    // ... enforce rewrites ...
+    mode(Some("enforce"));
+    wait_enforced(cp, ns);
+    let (p, _) = create(cp, ns, &pause_pod("enforced"), &[]);
+    assert_eq!(image(&p, "containers", 0), PAUSE_MIRRORED);
+    // ... audit warns ...
+    mode(Some("audit"));
+    wait_audited(cp, ns);
+    let (p, warnings) = create(cp, ns, &pause_pod("audited"), &[]);
+    assert_eq!(image(&p, "containers", 0), PAUSE);
+    assert!(warnings.contains("detour: would rewrite"), "{warnings}");
+    // ... off leaves alone.
+    mode(Some("off"));
+    wait_untouched(cp, ns);
+    let (p, warnings) = create(cp, ns, &pause_pod("off"), &[]);
+    assert_eq!(image(&p, "containers", 0), PAUSE);
+    assert!(!warnings.contains("detour"), "{warnings}");
+
+    // Cluster-wide: unlabelled namespaces are rewritten, `off` still is not,
+    // `audit` is audited.
+    drop(installed);
+    let _installed = Installed::new(cp, "cluster-wide", detour.port, &ca);
+    wait_enforced(cp, other);
+    let (p, _) = create(cp, other, &pause_pod("cluster-wide"), &[]);
+    assert_eq!(image(&p, "containers", 0), PAUSE_MIRRORED);
+    let (p, warnings) = create(cp, ns, &pause_pod("still-off"), &[]);
+    assert_eq!(image(&p, "containers", 0), PAUSE);
+    assert!(!warnings.contains("detour"), "{warnings}");
+    mode(Some("audit"));
+    wait_audited(cp, ns);
+    let (p, warnings) = create(cp, ns, &pause_pod("cluster-audit"), &[]);
+    assert_eq!(image(&p, "containers", 0), PAUSE);
+    assert!(warnings.contains("detour: would rewrite"), "{warnings}");
+    // kube-system is never touched, whatever its labels.
+    let (p, warnings) = create(
+        cp,
+        "kube-system",
+        &pause_pod("system"),
+        &["--dry-run=server"],
+    );
+    assert_eq!(image(&p, "containers", 0), PAUSE);
+    assert!(!warnings.contains("detour"), "{warnings}");
+}
+
+#[test]
+fn dry_run_skip_label_pull_policy_never_and_an_unparsable_image() {
+    let _turn = serial();
+    let cp = control_plane();
+    let detour = start_detour();
+    let _installed = Installed::new(cp, "opt-in", detour.port, &detour_ca(&detour));
+    let ns = "e2e-edges";
+    cp.namespace(ns, &[("detour.dev/mode", "enforce")]);
+    wait_enforced(cp, ns);
+
+    // Server-side dry run: the answer shows the rewrite, nothing is stored.
+    let out = cp.kubectl(&[
+        "run",
+        "-n",
+        ns,
+        "dry",
+        "--image",
+        PAUSE,
+        "--dry-run=server",
+        "-o",
+        "json",
+    ]);
+    assert!(out.status.success());
+    let dry: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(image(&dry, "containers", 0), PAUSE_MIRRORED);
+    let missing = cp.kubectl(&["get", "-n", ns, "pod", "dry"]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("NotFound"));
+
+    // The skip label.
+    let out = cp.kubectl(&[
+        "run",
+        "-n",
+        ns,
+        "skipped",
+        "--image",
+        PAUSE,
+        "--labels",
+        "detour.dev/skip=true",
+    ]);
+    assert!(out.status.success());
+    let stored = cp.get(&["-n", ns, "pod", "skipped"]);
+    assert_eq!(image(&stored, "containers", 0), PAUSE);
+
+    // imagePullPolicy: Never names an image already on the node.
+    let never = pod(
+        "never",
+        json!([{"name": "local", "image": PAUSE, "imagePullPolicy": "Never"},
+               {"name": "pulled", "image": PAUSE}]),
+    );
+    let (stored, _) = create(cp, ns, &never, &[]);
+    assert_eq!(image(&stored, "containers", 0), PAUSE);
+    assert_eq!(image(&stored, "containers", 1), PAUSE_MIRRORED);
+
+    // An image the apiserver accepts but the reference grammar does not.
+    let bad = pod(
+        "bad",
+        json!([{"name": "app", "image": "registry.k8s.io/Pause:3.9"},
+               {"name": "ok", "image": PAUSE}]),
+    );
+    let (stored, warnings) = create(cp, ns, &bad, &[]);
+    assert_eq!(image(&stored, "containers", 0), "registry.k8s.io/Pause:3.9");
+    assert_eq!(image(&stored, "containers", 1), PAUSE_MIRRORED);
+    assert!(
+        warnings.contains(
+            r#"Warning: detour: app: image "registry.k8s.io/Pause:3.9" is not a valid reference"#
+        ),
+        "kubectl printed: {warnings}"
+    );
+}
+
+/// A second mutating webhook, owned by the test, that injects a sidecar
+/// (the way service meshes do) into Pods of namespaces labelled
+/// `e2e-sidecar=on`. Runs on its own thread and runtime.
+struct SidecarInjector {
+    port: u16,
+    ca: String,
+    _dir: tempfile::TempDir,
+}
+
+impl SidecarInjector {
+    const IMAGE: &'static str = "registry.k8s.io/pause:3.10";
+
+    fn start() -> Self {
+        use axum::routing::post;
+        let dir = tempfile::tempdir().unwrap();
+        make_certs(dir.path());
+        let port = free_port();
+        let certs = {
+            use rustls::pki_types::pem::PemObject;
+            let chain: Vec<_> =
+                rustls::pki_types::CertificateDer::pem_file_iter(dir.path().join("tls.crt"))
+                    .unwrap()
+                    .map(Result::unwrap)
+                    .collect();
+            let key = rustls::pki_types::PrivateKeyDer::from_pem_file(dir.path().join("tls.key"))
+                .unwrap();
+            let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+            config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+            Arc::new(config)
+        };
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let app = axum::Router::new().route("/inject", post(inject));
+                let tls = axum_server::tls_rustls::RustlsConfig::from_config(certs);
+                axum_server::bind_rustls(std::net::SocketAddr::from(([127, 0, 0, 1], port)), tls)
+                    .serve(app.into_make_service())
+                    .await
+                    .unwrap();
+            });
+        });
+        let ca = std::fs::read_to_string(dir.path().join("ca.crt")).unwrap();
+        SidecarInjector {
+            port,
+            ca,
+            _dir: dir,
+        }
+    }
+
+    fn configuration(&self) -> Value {
+        json!({"apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        // Named to sort after "detour": the apiserver calls it second.
+        "metadata": {"name": "zz-e2e-sidecar-injector"},
+        "webhooks": [{
+            "name": "inject.e2e.test",
+            "admissionReviewVersions": ["v1"],
+            "clientConfig": {"url": format!("https://127.0.0.1:{}/inject", self.port),
+                             "caBundle": b64(self.ca.as_bytes())},
+            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
+                       "resources": ["pods"], "scope": "Namespaced"}],
+            "namespaceSelector": {"matchLabels": {"e2e-sidecar": "on"}},
+            "failurePolicy": "Fail",
+            "sideEffects": "None",
+            "reinvocationPolicy": "Never",
+            "timeoutSeconds": 5,
+        }]})
+    }
+}
+
+async fn inject(axum::Json(review): axum::Json<Value>) -> axum::Json<Value> {
+    let request = &review["request"];
+    let has_sidecar = request["object"]["spec"]["containers"]
+        .as_array()
+        .is_some_and(|cs| cs.iter().any(|c| c["name"] == "sidecar"));
+    let mut response = json!({"uid": request["uid"], "allowed": true});
+    if !has_sidecar {
+        let patch = json!([{"op": "add", "path": "/spec/containers/-",
+                            "value": {"name": "sidecar", "image": SidecarInjector::IMAGE}}]);
+        response["patchType"] = "JSONPatch".into();
+        response["patch"] = b64(patch.to_string().as_bytes()).into();
+    }
+    axum::Json(
+        json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response}),
+    )
+}
+
+#[test]
+fn detour_is_called_again_after_another_webhook_adds_a_sidecar() {
+    let _turn = serial();
+    let cp = control_plane();
+    let detour = start_detour();
+    let _installed = Installed::new(cp, "opt-in", detour.port, &detour_ca(&detour));
+    let injector = SidecarInjector::start();
+    cp.apply(&injector.configuration().to_string());
+    let ns = "e2e-reinvoke";
+    cp.namespace(ns, &[("detour.dev/mode", "enforce"), ("e2e-sidecar", "on")]);
+    wait_enforced(cp, ns);
+    let (stored, _) = create(cp, ns, &pause_pod("meshed"), &[]);
+    let _ = cp.kubectl(&[
+        "delete",
+        "mutatingwebhookconfiguration",
+        "zz-e2e-sidecar-injector",
+    ]);
+    let containers = stored["spec"]["containers"].as_array().unwrap();
+    assert_eq!(containers.len(), 2, "{containers:?}");
+    assert_eq!(containers[0]["image"], PAUSE_MIRRORED);
+    assert_eq!(containers[1]["name"], "sidecar");
+    assert_eq!(
+        containers[1]["image"],
+        format!("m.daocloud.io/{}", SidecarInjector::IMAGE),
+        "the injected sidecar is rewritten when the apiserver reinvokes detour"
+    );
+    let originals: Value = serde_json::from_str(
+        stored["metadata"]["annotations"]["detour.dev/original-images"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        originals,
+        json!({"app": PAUSE, "sidecar": SidecarInjector::IMAGE})
+    );
+}
+
+/// The apiserver's count of calls to `webhook` that failed open.
+fn failed_open(cp: &ControlPlane, webhook: &str) -> f64 {
+    cp.metric(
+        "apiserver_admission_webhook_fail_open_count",
+        &[("name", webhook)],
+    )
+}
+
+#[test]
+fn pods_are_created_unchanged_when_detour_is_down_hung_or_too_slow() {
+    let _turn = serial();
+    let cp = control_plane();
+    let mut detour = start_detour();
+    let _installed = Installed::new(cp, "opt-in", detour.port, &detour_ca(&detour));
+    let ns = "e2e-failure";
+    cp.namespace(ns, &[("detour.dev/mode", "enforce")]);
+    wait_enforced(cp, ns);
+    let signal = |sig: &str, pid: u32| {
+        assert!(std::process::Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .unwrap()
+            .success());
+    };
+    let timed_create = |name: &str| {
+        let started = Instant::now();
+        let (stored, _) = create(cp, ns, &pause_pod(name), &[]);
+        (stored, started.elapsed())
+    };
+
+    // Hung: detour is stopped mid-life (SIGSTOP); the apiserver gives up
+    // after timeoutSeconds (5 s) and creates the Pod as written.
+    let before = failed_open(cp, "enforce.detour.dev");
+    let pid = detour.child.id();
+    signal("-STOP", pid);
+    let (stored, took) = timed_create("hung");
+    assert_eq!(image(&stored, "containers", 0), PAUSE);
+    assert!(
+        took >= Duration::from_secs(4) && took < Duration::from_secs(9),
+        "created after {took:?}, expected about timeoutSeconds (5 s)"
+    );
+    assert!(failed_open(cp, "enforce.detour.dev") >= before + 1.0);
+
+    // Too slow: the answer comes at 7 s, after the apiserver stopped waiting.
+    let before = failed_open(cp, "enforce.detour.dev");
+    let resume = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(7));
+        signal("-CONT", pid);
+    });
+    let (stored, took) = timed_create("slow");
+    assert_eq!(image(&stored, "containers", 0), PAUSE);
+    assert!(took < Duration::from_secs(9), "created after {took:?}");
+    assert!(failed_open(cp, "enforce.detour.dev") >= before + 1.0);
+    resume.join().unwrap();
+    // Back to answering in time: Pods are rewritten again.
+    wait_enforced(cp, ns);
+    let (stored, _) = create(cp, ns, &pause_pod("recovered"), &[]);
+    assert_eq!(image(&stored, "containers", 0), PAUSE_MIRRORED);
+
+    // Down: nothing listens; the Pod is created at once.
+    let before = failed_open(cp, "enforce.detour.dev");
+    let _ = detour.child.kill();
+    let _ = detour.child.wait();
+    let (stored, took) = timed_create("down");
+    assert_eq!(image(&stored, "containers", 0), PAUSE);
+    assert!(took < Duration::from_secs(4), "created after {took:?}");
+    assert!(failed_open(cp, "enforce.detour.dev") >= before + 1.0);
+    // The audit log names the webhook that failed open.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let found = cp.audit_events().into_iter().any(|e| {
+            e["objectRef"]["name"] == "down"
+                && e["objectRef"]["namespace"] == ns
+                && e["annotations"].as_object().is_some_and(|a| {
+                    a.iter().any(|(k, v)| {
+                        k.starts_with("failed-open.mutation.webhook.admission.k8s.io/")
+                            && v == "enforce.detour.dev"
+                    })
+                })
+        });
+        if found {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no failed-open audit annotation");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Creates Pods through the apiserver's REST API until `stop`, from
+/// `clients` tasks; returns (status, first image) for every request.
+async fn create_pods(
+    cp: &ControlPlane,
+    ns: &str,
+    prefix: &str,
+    clients: usize,
+    limit: usize,
+    stop: Arc<AtomicBool>,
+) -> Vec<(u16, String)> {
+    let client = cp.client();
+    let url = cp.url(&format!("/api/v1/namespaces/{ns}/pods"));
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (client, url, next, stop) = (client.clone(), url.clone(), next.clone(), stop.clone());
+        let prefix = prefix.to_string();
+        tasks.push(tokio::spawn(async move {
+            let mut results = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= limit || stop.load(Ordering::Relaxed) {
+                    return results;
+                }
+                let body = pause_pod(&format!("{prefix}-{i}"));
+                let resp = client.post(&url).json(&body).send().await;
+                let result = match resp {
+                    Ok(resp) => {
+                        let status = resp.status().as_u16();
+                        let pod: Value = resp.json().await.unwrap_or(Value::Null);
+                        let image = pod["spec"]["containers"][0]["image"]
+                            .as_str()
+                            .unwrap_or("")
+                            .to_string();
+                        (status, image)
+                    }
+                    Err(e) => (0, e.to_string()),
+                };
+                results.push(result);
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.unwrap());
+    }
+    all
+}
+
+fn assert_all_rewritten(results: &[(u16, String)]) {
+    let bad: Vec<_> = results
+        .iter()
+        .filter(|(status, image)| *status != 201 || image != PAUSE_MIRRORED)
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "{} of {} Pods failed or were not rewritten: {:?}",
+        bad.len(),
+        results.len(),
+        &bad[..bad.len().min(5)]
+    );
+}
+
+/// The certificate detour presents, as DER, if `ca` verifies it.
+async fn served_leaf(detour: &Server, ca: &Path) -> Option<Vec<u8>> {
+    let client = client_trusting(&[ca]);
+    let resp = client.get(detour.url("/unknown")).send().await.ok()?;
+    let info = resp.extensions().get::<reqwest::tls::TlsInfo>()?;
+    Some(info.peer_certificate()?.to_vec())
+}
+
+fn leaf_of(pem: &str) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
+        .next()
+        .unwrap()
+        .unwrap()
+        .to_vec()
+}
+
+/// Writes a new serving certificate into detour's directory (the kubelet's
+/// Secret update) and waits until detour presents it.
+async fn rotate_serving_cert(
+    detour: &Server,
+    ca: &detour::certs::CertificateAuthority,
+    generation: u32,
+) {
+    let (cert, key) = ca.issue(&loopback_names()).unwrap();
+    atomic_write(
+        &detour.cert_dir,
+        generation,
+        &[
+            ("tls.crt", cert.clone().into_bytes()),
+            ("tls.key", key.into_bytes()),
+        ],
+    );
+    let ca_file = detour.dir.path().join(format!("ca-{generation}.crt"));
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let want = leaf_of(&cert);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while served_leaf(detour, &ca_file).await.as_ref() != Some(&want) {
+        assert!(Instant::now() < deadline, "detour kept its old certificate");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn loopback_names() -> detour::certs::CertRequest {
+    detour::certs::CertRequest {
+        service: None,
+        namespace: String::new(),
+        dns: vec!["localhost".into()],
+        ips: vec!["127.0.0.1".parse().unwrap()],
+        days: 2,
+    }
+}
+
+/// detour with a serving certificate from `ca`, in a `..data` directory
+/// the way a mounted Secret looks.
+fn start_detour_with(ca: &detour::certs::CertificateAuthority) -> (Server, tempfile::TempDir) {
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path().join("tls");
+    let (cert, key) = ca.issue(&loopback_names()).unwrap();
+    atomic_write(
+        &dir,
+        1,
+        &[
+            ("tls.crt", cert.into_bytes()),
+            ("tls.key", key.into_bytes()),
+        ],
+    );
+    let detour = Server::start(Options {
+        config: Some(&shipped_config()),
+        cert_dir: Some(dir),
+        ..Options::default()
+    });
+    (detour, scratch)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serving_certificate_rotation_under_load_fails_no_pod() {
+    let _turn = serial();
+    let cp = control_plane();
+    let ca = detour::certs::CertificateAuthority::generate(20).unwrap();
+    let (detour, _scratch) = start_detour_with(&ca);
+    let installed = Installed::new(cp, "opt-in", detour.port, &ca.pem());
+    let ns = "e2e-rotate-cert";
+    cp.namespace(ns, &[("detour.dev/mode", "enforce")]);
+    wait_enforced(cp, ns);
+    let before = failed_open(cp, "enforce.detour.dev");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn({
+        let stop = stop.clone();
+        async move { create_pods(control_plane(), ns, "p", 4, 100_000, stop).await }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for (generation, host) in [(2, "localhost"), (3, "127.0.0.1")] {
+        rotate_serving_cert(&detour, &ca, generation).await;
+        installed.reconfigure(host, &ca.pem());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let results = load.await.unwrap();
+    assert!(results.len() >= 20, "only {} Pods created", results.len());
+    assert_all_rewritten(&results);
+    assert_eq!(failed_open(cp, "enforce.detour.dev"), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ca_rotation_with_an_overlap_fails_no_pod() {
+    let _turn = serial();
+    let cp = control_plane();
+    let old_ca = detour::certs::CertificateAuthority::generate(20).unwrap();
+    let new_ca = detour::certs::CertificateAuthority::generate(20).unwrap();
+    let (detour, _scratch) = start_detour_with(&old_ca);
+    let installed = Installed::new(cp, "opt-in", detour.port, &old_ca.pem());
+    let ns = "e2e-rotate-ca";
+    cp.namespace(ns, &[("detour.dev/mode", "enforce")]);
+    wait_enforced(cp, ns);
+    let before = failed_open(cp, "enforce.detour.dev");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn({
+        let stop = stop.clone();
+        async move { create_pods(control_plane(), ns, "p", 4, 100_000, stop).await }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let both = format!("{}{}", old_ca.pem(), new_ca.pem());
+    // 1. Both CAs are trusted before any certificate of the new one is served.
+    installed.reconfigure("127.0.0.1", &both);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // 2. detour switches to a certificate signed by the new CA; the
+    //    apiserver dials anew and verifies it against both.
+    rotate_serving_cert(&detour, &new_ca, 2).await;
+    installed.reconfigure("localhost", &both);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // 3. The old CA leaves the bundle: new connections verify against the
+    //    new CA alone.
+    installed.reconfigure("127.0.0.1", &new_ca.pem());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    let results = load.await.unwrap();
+    assert!(results.len() >= 20, "only {} Pods created", results.len());
+    assert_all_rewritten(&results);
+    assert_eq!(failed_open(cp, "enforce.detour.dev"), before);
+    let stored = cp.get(&["mutatingwebhookconfiguration", "detour"]);
+    assert_eq!(
+        stored["webhooks"][0]["clientConfig"]["caBundle"],
+        b64(new_ca.pem().as_bytes())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_1000_pods_from_16_clients_is_all_rewritten() {
+    let _turn = serial();
+    let cp = control_plane();
+    let detour = start_detour();
+    let _installed = Installed::new(cp, "opt-in", detour.port, &detour_ca(&detour));
+    let ns = "e2e-burst";
+    cp.namespace(ns, &[("detour.dev/mode", "enforce")]);
+    wait_enforced(cp, ns);
+    let before = failed_open(cp, "enforce.detour.dev");
+    let started = Instant::now();
+    let results = create_pods(cp, ns, "burst", 16, 1000, Arc::new(AtomicBool::new(false))).await;
+    let took = started.elapsed();
+    assert_eq!(results.len(), 1000);
+    assert_all_rewritten(&results);
+    assert_eq!(failed_open(cp, "enforce.detour.dev"), before);
+    // What the apiserver stored, read back in one list.
+    let stored = cp.get(&["-n", ns, "pods"]);
+    let items = stored["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1000);
+    assert!(items
+        .iter()
+        .all(|p| p["spec"]["containers"][0]["image"] == PAUSE_MIRRORED));
+    let patched = metric_value(
+        &detour.metrics(),
+        "detour_admissions_total",
+        &[("mode", "enforce"), ("outcome", "patched")],
+    );
+    assert!(
+        patched >= 1000.0,
+        "detour counted {patched} patched admissions"
+    );
+    eprintln!("1000 Pods through the apiserver in {took:?}");
+}
