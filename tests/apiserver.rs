@@ -15,8 +15,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
-use common::kube::{control_plane, metric_value, serial, ControlPlane};
+use common::kube::{
+    b64, control_plane, copy_manifests, create_pods, install_cert_manager_crds, metric_value,
+    serial, single_container_pod, ControlPlane, Created, Installed,
+};
 use common::*;
 use serde_json::{json, Value};
 
@@ -26,10 +28,6 @@ const PAUSE_MIRRORED: &str = "m.daocloud.io/registry.k8s.io/pause:3.9";
 
 fn shipped_config() -> PathBuf {
     Path::new(REPO).join("manifests/base/config.yaml")
-}
-
-fn b64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 /// detour serving the shipped config with certificates from `detour certs`.
@@ -44,129 +42,13 @@ fn detour_ca(detour: &Server) -> String {
     std::fs::read_to_string(detour.cert_dir.join("ca.crt")).unwrap()
 }
 
-/// Copies `manifests/` into `dest`, as a user's checkout would have it.
-fn copy_manifests(dest: &Path) {
-    fn copy(from: &Path, to: &Path) {
-        std::fs::create_dir_all(to).unwrap();
-        for entry in std::fs::read_dir(from).unwrap() {
-            let entry = entry.unwrap();
-            let target = to.join(entry.file_name());
-            if entry.file_type().unwrap().is_dir() {
-                copy(&entry.path(), &target);
-            } else {
-                std::fs::copy(entry.path(), target).unwrap();
-            }
-        }
-    }
-    copy(&Path::new(REPO).join("manifests"), &dest.join("manifests"));
-}
-
-fn install_cert_manager_crds(cp: &ControlPlane) {
-    let crds =
-        std::fs::read_to_string(Path::new(REPO).join("tests/fixtures/kube/cert-manager-crds.yaml"))
-            .unwrap();
-    cp.apply(&crds);
-    cp.kubectl_ok(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=30s",
-        "crd/issuers.cert-manager.io",
-        "crd/certificates.cert-manager.io",
-    ]);
-}
-
-/// The shipped webhook configuration, installed by `kubectl apply -k` of a
-/// test overlay over `manifests/overlays/{overlay}` that only swaps each
-/// webhook's Service for a URL of detour on 127.0.0.1. Removed on drop.
-struct Installed<'a> {
-    cp: &'a ControlPlane,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl<'a> Installed<'a> {
-    fn new(cp: &'a ControlPlane, overlay: &str, port: u16, ca_bundle: &str) -> Self {
-        install_cert_manager_crds(cp);
-        let dir = tempfile::tempdir().unwrap();
-        copy_manifests(dir.path());
-        let e2e = dir.path().join("e2e");
-        std::fs::create_dir(&e2e).unwrap();
-        let ops: Vec<Value> = [
-            ("enforce.detour.dev", "/mutate"),
-            ("audit.detour.dev", "/audit"),
-        ]
-        .iter()
-        .enumerate()
-        .flat_map(|(i, (name, path))| {
-            [
-                json!({"op": "test", "path": format!("/webhooks/{i}/name"), "value": name}),
-                json!({"op": "replace", "path": format!("/webhooks/{i}/clientConfig"),
-                           "value": {"url": format!("https://127.0.0.1:{port}{path}"),
-                                     "caBundle": b64(ca_bundle.as_bytes())}}),
-            ]
-        })
-        .collect();
-        let kustomization = json!({
-            "apiVersion": "kustomize.config.k8s.io/v1beta1",
-            "kind": "Kustomization",
-            "resources": [format!("../manifests/overlays/{overlay}")],
-            "patches": [{
-                "target": {"kind": "MutatingWebhookConfiguration", "name": "detour"},
-                "patch": serde_json::to_string(&ops).unwrap(),
-            }],
-        });
-        std::fs::write(e2e.join("kustomization.yaml"), kustomization.to_string()).unwrap();
-        cp.kubectl_ok(&["apply", "-k", e2e.to_str().unwrap()]);
-        Installed {
-            cp,
-            port,
-            _dir: dir,
-        }
-    }
-
-    /// Points both webhooks at detour on `host` (an address or name its
-    /// certificate covers) with `ca_pem` as `caBundle`. A changed client
-    /// config makes the apiserver dial new connections, as a new replica
-    /// behind a Service would: the apiserver otherwise keeps its connections
-    /// (and the certificate they were opened with) across a rotation.
-    fn reconfigure(&self, host: &str, ca_pem: &str) {
-        let ops: Vec<Value> = [(0, "/mutate"), (1, "/audit")]
-            .iter()
-            .map(|(i, path)| {
-                json!({"op": "replace", "path": format!("/webhooks/{i}/clientConfig"),
-                       "value": {"url": format!("https://{host}:{}{path}", self.port),
-                                 "caBundle": b64(ca_pem.as_bytes())}})
-            })
-            .collect();
-        self.cp.kubectl_ok(&[
-            "patch",
-            "mutatingwebhookconfiguration",
-            "detour",
-            "--type=json",
-            "-p",
-            &serde_json::to_string(&ops).unwrap(),
-        ]);
-    }
-}
-
-impl Drop for Installed<'_> {
-    fn drop(&mut self) {
-        let _ = self.cp.kubectl(&[
-            "delete",
-            "mutatingwebhookconfiguration",
-            "detour",
-            "--ignore-not-found",
-        ]);
-    }
-}
-
 fn pod(name: &str, containers: Value) -> Value {
     json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
            "spec": {"containers": containers}})
 }
 
 fn pause_pod(name: &str) -> Value {
-    pod(name, json!([{"name": "app", "image": PAUSE}]))
+    single_container_pod(name, PAUSE)
 }
 
 /// `kubectl create -o json -f -`: the object the apiserver stored (or, with
@@ -872,59 +754,10 @@ fn pods_are_created_unchanged_when_detour_is_down_hung_or_too_slow() {
     }
 }
 
-/// Creates Pods through the apiserver's REST API until `stop`, from
-/// `clients` tasks; returns (status, first image) for every request.
-async fn create_pods(
-    cp: &ControlPlane,
-    ns: &str,
-    prefix: &str,
-    clients: usize,
-    limit: usize,
-    stop: Arc<AtomicBool>,
-) -> Vec<(u16, String)> {
-    let client = cp.client();
-    let url = cp.url(&format!("/api/v1/namespaces/{ns}/pods"));
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let mut tasks = Vec::new();
-    for _ in 0..clients {
-        let (client, url, next, stop) = (client.clone(), url.clone(), next.clone(), stop.clone());
-        let prefix = prefix.to_string();
-        tasks.push(tokio::spawn(async move {
-            let mut results = Vec::new();
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= limit || stop.load(Ordering::Relaxed) {
-                    return results;
-                }
-                let body = pause_pod(&format!("{prefix}-{i}"));
-                let resp = client.post(&url).json(&body).send().await;
-                let result = match resp {
-                    Ok(resp) => {
-                        let status = resp.status().as_u16();
-                        let pod: Value = resp.json().await.unwrap_or(Value::Null);
-                        let image = pod["spec"]["containers"][0]["image"]
-                            .as_str()
-                            .unwrap_or("")
-                            .to_string();
-                        (status, image)
-                    }
-                    Err(e) => (0, e.to_string()),
-                };
-                results.push(result);
-            }
-        }));
-    }
-    let mut all = Vec::new();
-    for task in tasks {
-        all.extend(task.await.unwrap());
-    }
-    all
-}
-
-fn assert_all_rewritten(results: &[(u16, String)]) {
+fn assert_all_rewritten(results: &[Created]) {
     let bad: Vec<_> = results
         .iter()
-        .filter(|(status, image)| *status != 201 || image != PAUSE_MIRRORED)
+        .filter(|c| c.status != 201 || c.image != PAUSE_MIRRORED)
         .collect();
     assert!(
         bad.is_empty(),
@@ -933,6 +766,16 @@ fn assert_all_rewritten(results: &[(u16, String)]) {
         results.len(),
         &bad[..bad.len().min(5)]
     );
+}
+
+/// A runtime for the tests that create Pods from concurrent clients (the
+/// test bodies are async; the serial() guard is held outside them).
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 /// The certificate detour presents, as DER, if `ca` verifies it.
@@ -1010,9 +853,13 @@ fn start_detour_with(ca: &detour::certs::CertificateAuthority) -> (Server, tempf
     (detour, scratch)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn serving_certificate_rotation_under_load_fails_no_pod() {
+#[test]
+fn serving_certificate_rotation_under_load_fails_no_pod() {
     let _turn = serial();
+    runtime().block_on(serving_certificate_rotation_under_load_fails_no_pod_async());
+}
+
+async fn serving_certificate_rotation_under_load_fails_no_pod_async() {
     let cp = control_plane();
     let ca = detour::certs::CertificateAuthority::generate(20).unwrap();
     let (detour, _scratch) = start_detour_with(&ca);
@@ -1025,7 +872,7 @@ async fn serving_certificate_rotation_under_load_fails_no_pod() {
     let stop = Arc::new(AtomicBool::new(false));
     let load = tokio::spawn({
         let stop = stop.clone();
-        async move { create_pods(control_plane(), ns, "p", 4, 100_000, stop).await }
+        async move { create_pods(control_plane(), ns, "p", PAUSE, 4, 100_000, stop).await }
     });
     tokio::time::sleep(Duration::from_secs(1)).await;
     for (generation, host) in [(2, "localhost"), (3, "127.0.0.1")] {
@@ -1040,9 +887,13 @@ async fn serving_certificate_rotation_under_load_fails_no_pod() {
     assert_eq!(failed_open(cp, "enforce.detour.dev"), before);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ca_rotation_with_an_overlap_fails_no_pod() {
+#[test]
+fn ca_rotation_with_an_overlap_fails_no_pod() {
     let _turn = serial();
+    runtime().block_on(ca_rotation_with_an_overlap_fails_no_pod_async());
+}
+
+async fn ca_rotation_with_an_overlap_fails_no_pod_async() {
     let cp = control_plane();
     let old_ca = detour::certs::CertificateAuthority::generate(20).unwrap();
     let new_ca = detour::certs::CertificateAuthority::generate(20).unwrap();
@@ -1056,7 +907,7 @@ async fn ca_rotation_with_an_overlap_fails_no_pod() {
     let stop = Arc::new(AtomicBool::new(false));
     let load = tokio::spawn({
         let stop = stop.clone();
-        async move { create_pods(control_plane(), ns, "p", 4, 100_000, stop).await }
+        async move { create_pods(control_plane(), ns, "p", PAUSE, 4, 100_000, stop).await }
     });
     tokio::time::sleep(Duration::from_secs(1)).await;
     let both = format!("{}{}", old_ca.pem(), new_ca.pem());
@@ -1084,9 +935,13 @@ async fn ca_rotation_with_an_overlap_fails_no_pod() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_burst_of_1000_pods_from_16_clients_is_all_rewritten() {
+#[test]
+fn a_burst_of_1000_pods_from_16_clients_is_all_rewritten() {
     let _turn = serial();
+    runtime().block_on(a_burst_of_1000_pods_from_16_clients_is_all_rewritten_async());
+}
+
+async fn a_burst_of_1000_pods_from_16_clients_is_all_rewritten_async() {
     let cp = control_plane();
     let detour = start_detour();
     let _installed = Installed::new(cp, "opt-in", detour.port, &detour_ca(&detour));
@@ -1095,7 +950,16 @@ async fn a_burst_of_1000_pods_from_16_clients_is_all_rewritten() {
     wait_enforced(cp, ns);
     let before = failed_open(cp, "enforce.detour.dev");
     let started = Instant::now();
-    let results = create_pods(cp, ns, "burst", 16, 1000, Arc::new(AtomicBool::new(false))).await;
+    let results = create_pods(
+        cp,
+        ns,
+        "burst",
+        PAUSE,
+        16,
+        1000,
+        Arc::new(AtomicBool::new(false)),
+    )
+    .await;
     let took = started.elapsed();
     assert_eq!(results.len(), 1000);
     assert_all_rewritten(&results);

@@ -10,12 +10,16 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::{mpsc, Mutex, MutexGuard, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use base64::Engine as _;
+use serde_json::{json, Value};
 
 use super::{free_port, make_certs};
+
+const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
 pub struct ControlPlane {
     /// kube-apiserver, kubectl and etcd.
@@ -384,4 +388,195 @@ pub fn tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+pub fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// Copies `manifests/` into `dest`, as a user's checkout would have it.
+pub fn copy_manifests(dest: &Path) {
+    fn copy(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let target = to.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                copy(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), target).unwrap();
+            }
+        }
+    }
+    copy(&Path::new(REPO).join("manifests"), &dest.join("manifests"));
+}
+
+pub fn install_cert_manager_crds(cp: &ControlPlane) {
+    let crds =
+        std::fs::read_to_string(Path::new(REPO).join("tests/fixtures/kube/cert-manager-crds.yaml"))
+            .unwrap();
+    cp.apply(&crds);
+    cp.kubectl_ok(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=30s",
+        "crd/issuers.cert-manager.io",
+        "crd/certificates.cert-manager.io",
+    ]);
+}
+
+/// The shipped webhook configuration, installed by `kubectl apply -k` of a
+/// test overlay over `manifests/overlays/{overlay}` that only swaps each
+/// webhook's Service for a URL of detour on 127.0.0.1. Removed on drop.
+pub struct Installed<'a> {
+    cp: &'a ControlPlane,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl<'a> Installed<'a> {
+    pub fn new(cp: &'a ControlPlane, overlay: &str, port: u16, ca_bundle: &str) -> Self {
+        install_cert_manager_crds(cp);
+        let dir = tempfile::tempdir().unwrap();
+        copy_manifests(dir.path());
+        let e2e = dir.path().join("e2e");
+        std::fs::create_dir(&e2e).unwrap();
+        let ops: Vec<Value> = [
+            ("enforce.detour.dev", "/mutate"),
+            ("audit.detour.dev", "/audit"),
+        ]
+        .iter()
+        .enumerate()
+        .flat_map(|(i, (name, path))| {
+            [
+                json!({"op": "test", "path": format!("/webhooks/{i}/name"), "value": name}),
+                json!({"op": "replace", "path": format!("/webhooks/{i}/clientConfig"),
+                           "value": {"url": format!("https://127.0.0.1:{port}{path}"),
+                                     "caBundle": b64(ca_bundle.as_bytes())}}),
+            ]
+        })
+        .collect();
+        let kustomization = json!({
+            "apiVersion": "kustomize.config.k8s.io/v1beta1",
+            "kind": "Kustomization",
+            "resources": [format!("../manifests/overlays/{overlay}")],
+            "patches": [{
+                "target": {"kind": "MutatingWebhookConfiguration", "name": "detour"},
+                "patch": serde_json::to_string(&ops).unwrap(),
+            }],
+        });
+        std::fs::write(e2e.join("kustomization.yaml"), kustomization.to_string()).unwrap();
+        cp.kubectl_ok(&["apply", "-k", e2e.to_str().unwrap()]);
+        Installed {
+            cp,
+            port,
+            _dir: dir,
+        }
+    }
+
+    /// Points both webhooks at detour on `host` (an address or name its
+    /// certificate covers) with `ca_pem` as `caBundle`. A changed client
+    /// config makes the apiserver dial new connections, as a new replica
+    /// behind a Service would: the apiserver otherwise keeps its connections
+    /// (and the certificate they were opened with) across a rotation.
+    pub fn reconfigure(&self, host: &str, ca_pem: &str) {
+        let ops: Vec<Value> = [(0, "/mutate"), (1, "/audit")]
+            .iter()
+            .map(|(i, path)| {
+                json!({"op": "replace", "path": format!("/webhooks/{i}/clientConfig"),
+                       "value": {"url": format!("https://{host}:{}{path}", self.port),
+                                 "caBundle": b64(ca_pem.as_bytes())}})
+            })
+            .collect();
+        self.cp.kubectl_ok(&[
+            "patch",
+            "mutatingwebhookconfiguration",
+            "detour",
+            "--type=json",
+            "-p",
+            &serde_json::to_string(&ops).unwrap(),
+        ]);
+    }
+}
+
+impl Drop for Installed<'_> {
+    fn drop(&mut self) {
+        let _ = self.cp.kubectl(&[
+            "delete",
+            "mutatingwebhookconfiguration",
+            "detour",
+            "--ignore-not-found",
+        ]);
+    }
+}
+
+/// What creating one Pod through the apiserver gave.
+#[derive(Debug, Clone)]
+pub struct Created {
+    /// HTTP status; 0 when the request itself failed.
+    pub status: u16,
+    /// The first container's image as stored (or the error).
+    pub image: String,
+    /// Request to response, as the client saw it.
+    pub latency: Duration,
+}
+
+/// A Pod named `name` with one container running `image`.
+pub fn single_container_pod(name: &str, image: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+           "spec": {"containers": [{"name": "app", "image": image}]}})
+}
+
+/// Creates Pods `{prefix}-{i}` running `image` through the apiserver's REST
+/// API from `clients` concurrent tasks, until `limit` Pods or `stop`.
+pub async fn create_pods(
+    cp: &ControlPlane,
+    ns: &str,
+    prefix: &str,
+    image: &str,
+    clients: usize,
+    limit: usize,
+    stop: Arc<AtomicBool>,
+) -> Vec<Created> {
+    let client = cp.client();
+    let url = cp.url(&format!("/api/v1/namespaces/{ns}/pods"));
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (client, url, next, stop) = (client.clone(), url.clone(), next.clone(), stop.clone());
+        let (prefix, image) = (prefix.to_string(), image.to_string());
+        tasks.push(tokio::spawn(async move {
+            let mut results = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= limit || stop.load(Ordering::Relaxed) {
+                    return results;
+                }
+                let body = single_container_pod(&format!("{prefix}-{i}"), &image);
+                let started = Instant::now();
+                let (status, image) = match client.post(&url).json(&body).send().await {
+                    Ok(resp) => {
+                        let status = resp.status().as_u16();
+                        let pod: Value = resp.json().await.unwrap_or(Value::Null);
+                        let image = pod["spec"]["containers"][0]["image"]
+                            .as_str()
+                            .unwrap_or("")
+                            .to_string();
+                        (status, image)
+                    }
+                    Err(e) => (0, e.to_string()),
+                };
+                results.push(Created {
+                    status,
+                    image,
+                    latency: started.elapsed(),
+                });
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.unwrap());
+    }
+    all
 }

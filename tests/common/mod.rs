@@ -67,6 +67,8 @@ pub struct Options<'a> {
     pub config: Option<&'a Path>,
     pub cert_dir: Option<PathBuf>,
     pub extra: Vec<&'a str>,
+    /// `DETOUR_LOG`; `debug` when not given.
+    pub log: Option<&'a str>,
 }
 
 impl Server {
@@ -100,7 +102,7 @@ impl Server {
         .args(&opts.extra)
         .env_remove("DETOUR_CONFIG")
         .env_remove("DETOUR_PRESET")
-        .env("DETOUR_LOG", "debug")
+        .env("DETOUR_LOG", opts.log.unwrap_or("debug"))
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap());
         if let Some(config) = opts.config {

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The README's test command: on a fresh machine of the project's kind, installs
+# what the tests need, builds the control plane, and runs every test.
+#
+# - Debian packages: docker-registry (the registries the mirroring tests start
+#   on 127.0.0.1), skopeo (cross-checks every copy), apache2-utils (htpasswd
+#   for the registry behind Basic auth). Installed only when missing (as root).
+# - kube-apiserver, kubectl and etcd, built from the Go modules pinned in
+#   tests/kube/go.mod into $CARGO_TARGET_DIR/kube (reused until the pins
+#   change). The tests use this kubectl, put first on PATH.
+# - Then `cargo test --locked`, with any arguments given to this script.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/detour-target}"
+
+missing=()
+command -v docker-registry >/dev/null || missing+=(docker-registry)
+command -v skopeo >/dev/null || missing+=(skopeo)
+command -v htpasswd >/dev/null || missing+=(apache2-utils)
+if ((${#missing[@]})); then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "tests/run.sh: install these Debian packages first: ${missing[*]}" >&2
+    exit 1
+  fi
+  echo "installing ${missing[*]}" >&2
+  apt-get update
+  DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}"
+fi
+if ! command -v go >/dev/null; then
+  echo "tests/run.sh: Go 1.26 or newer is needed to build the control plane" >&2
+  exit 1
+fi
+
+started=$SECONDS
+DETOUR_KUBE_BIN="$(bash tests/kube/build.sh)"
+export DETOUR_KUBE_BIN
+echo "control plane: $DETOUR_KUBE_BIN ($((SECONDS - started)) s)" >&2
+export PATH="$DETOUR_KUBE_BIN:$PATH"
+
+cargo test --locked "$@"
