@@ -15,9 +15,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::routing::post;
 use common::kube::{
     b64, control_plane, copy_manifests, create_pods, install_cert_manager_crds, metric_value,
-    serial, single_container_pod, ControlPlane, Created, Installed,
+    serial, single_container_pod, ControlPlane, Created, Installed, TestWebhook,
 };
 use common::*;
 use serde_json::{json, Value};
@@ -531,86 +532,10 @@ fn dry_run_skip_label_pull_policy_never_and_an_unparsable_image() {
     );
 }
 
+const SIDECAR_IMAGE: &str = "registry.k8s.io/pause:3.10";
+
 /// A second mutating webhook, owned by the test, that injects a sidecar
-/// (the way service meshes do) into Pods of namespaces labelled
-/// `e2e-sidecar=on`. Runs on its own thread and runtime.
-struct SidecarInjector {
-    port: u16,
-    ca: String,
-    _dir: tempfile::TempDir,
-}
-
-impl SidecarInjector {
-    const IMAGE: &'static str = "registry.k8s.io/pause:3.10";
-
-    fn start() -> Self {
-        use axum::routing::post;
-        let dir = tempfile::tempdir().unwrap();
-        make_certs(dir.path());
-        let port = free_port();
-        let certs = {
-            use rustls::pki_types::pem::PemObject;
-            let chain: Vec<_> =
-                rustls::pki_types::CertificateDer::pem_file_iter(dir.path().join("tls.crt"))
-                    .unwrap()
-                    .map(Result::unwrap)
-                    .collect();
-            let key = rustls::pki_types::PrivateKeyDer::from_pem_file(dir.path().join("tls.key"))
-                .unwrap();
-            let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .unwrap();
-            config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-            Arc::new(config)
-        };
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let app = axum::Router::new().route("/inject", post(inject));
-                let tls = axum_server::tls_rustls::RustlsConfig::from_config(certs);
-                axum_server::bind_rustls(std::net::SocketAddr::from(([127, 0, 0, 1], port)), tls)
-                    .serve(app.into_make_service())
-                    .await
-                    .unwrap();
-            });
-        });
-        let ca = std::fs::read_to_string(dir.path().join("ca.crt")).unwrap();
-        SidecarInjector {
-            port,
-            ca,
-            _dir: dir,
-        }
-    }
-
-    fn configuration(&self) -> Value {
-        json!({"apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "MutatingWebhookConfiguration",
-        // Named to sort after "detour": the apiserver calls it second.
-        "metadata": {"name": "zz-e2e-sidecar-injector"},
-        "webhooks": [{
-            "name": "inject.e2e.test",
-            "admissionReviewVersions": ["v1"],
-            "clientConfig": {"url": format!("https://127.0.0.1:{}/inject", self.port),
-                             "caBundle": b64(self.ca.as_bytes())},
-            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
-                       "resources": ["pods"], "scope": "Namespaced"}],
-            "namespaceSelector": {"matchLabels": {"e2e-sidecar": "on"}},
-            "failurePolicy": "Fail",
-            "sideEffects": "None",
-            "reinvocationPolicy": "Never",
-            "timeoutSeconds": 5,
-        }]})
-    }
-}
-
+/// the way service meshes do.
 async fn inject(axum::Json(review): axum::Json<Value>) -> axum::Json<Value> {
     let request = &review["request"];
     let has_sidecar = request["object"]["spec"]["containers"]
@@ -619,7 +544,7 @@ async fn inject(axum::Json(review): axum::Json<Value>) -> axum::Json<Value> {
     let mut response = json!({"uid": request["uid"], "allowed": true});
     if !has_sidecar {
         let patch = json!([{"op": "add", "path": "/spec/containers/-",
-                            "value": {"name": "sidecar", "image": SidecarInjector::IMAGE}}]);
+                            "value": {"name": "sidecar", "image": SIDECAR_IMAGE}}]);
         response["patchType"] = "JSONPatch".into();
         response["patch"] = b64(patch.to_string().as_bytes()).into();
     }
@@ -634,8 +559,13 @@ fn detour_is_called_again_after_another_webhook_adds_a_sidecar() {
     let cp = control_plane();
     let detour = start_detour();
     let _installed = Installed::new(cp, "opt-in", detour.port, &detour_ca(&detour));
-    let injector = SidecarInjector::start();
-    cp.apply(&injector.configuration().to_string());
+    let injector = TestWebhook::start(axum::Router::new().route("/inject", post(inject)));
+    // Named to sort after "detour": the apiserver calls it second.
+    cp.apply(
+        &injector
+            .configuration("zz-e2e-sidecar-injector", "/inject", ("e2e-sidecar", "on"))
+            .to_string(),
+    );
     let ns = "e2e-reinvoke";
     cp.namespace(ns, &[("detour.dev/mode", "enforce"), ("e2e-sidecar", "on")]);
     wait_enforced(cp, ns);
@@ -651,7 +581,7 @@ fn detour_is_called_again_after_another_webhook_adds_a_sidecar() {
     assert_eq!(containers[1]["name"], "sidecar");
     assert_eq!(
         containers[1]["image"],
-        format!("m.daocloud.io/{}", SidecarInjector::IMAGE),
+        format!("m.daocloud.io/{}", SIDECAR_IMAGE),
         "the injected sidecar is rewritten when the apiserver reinvokes detour"
     );
     let originals: Value = serde_json::from_str(
@@ -660,10 +590,7 @@ fn detour_is_called_again_after_another_webhook_adds_a_sidecar() {
             .unwrap(),
     )
     .unwrap();
-    assert_eq!(
-        originals,
-        json!({"app": PAUSE, "sidecar": SidecarInjector::IMAGE})
-    );
+    assert_eq!(originals, json!({"app": PAUSE, "sidecar": SIDECAR_IMAGE}));
 }
 
 /// The apiserver's count of calls to `webhook` that failed open.

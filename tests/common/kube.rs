@@ -580,3 +580,86 @@ pub async fn create_pods(
     }
     all
 }
+
+/// A mutating webhook owned by a test or a benchmark: `router` served over
+/// rustls on 127.0.0.1 from its own thread and runtime, with a certificate
+/// from `detour certs`.
+pub struct TestWebhook {
+    pub port: u16,
+    pub ca: String,
+    _dir: tempfile::TempDir,
+}
+
+impl TestWebhook {
+    pub fn start(router: axum::Router) -> Self {
+        use rustls::pki_types::pem::PemObject;
+        let dir = tempfile::tempdir().unwrap();
+        make_certs(dir.path());
+        let port = free_port();
+        let chain: Vec<_> =
+            rustls::pki_types::CertificateDer::pem_file_iter(dir.path().join("tls.crt"))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+        let key =
+            rustls::pki_types::PrivateKeyDer::from_pem_file(dir.path().join("tls.key")).unwrap();
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let tls = Arc::new(config);
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                use axum_server::accept::NoDelayAcceptor;
+                use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
+                // TCP_NODELAY, as detour sets it: a fair comparison.
+                let acceptor = RustlsAcceptor::new(RustlsConfig::from_config(tls))
+                    .acceptor(NoDelayAcceptor::new());
+                axum_server::from_tcp(listener)
+                    .unwrap()
+                    .acceptor(acceptor)
+                    .serve(router.into_make_service())
+                    .await
+                    .unwrap();
+            });
+        });
+        let ca = std::fs::read_to_string(dir.path().join("ca.crt")).unwrap();
+        TestWebhook {
+            port,
+            ca,
+            _dir: dir,
+        }
+    }
+
+    /// A MutatingWebhookConfiguration `name` (its one webhook is
+    /// `{name}.e2e.test`) for Pod creation in namespaces labelled `label`.
+    pub fn configuration(&self, name: &str, path: &str, label: (&str, &str)) -> Value {
+        json!({"apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": name},
+        "webhooks": [{
+            "name": format!("{name}.e2e.test"),
+            "admissionReviewVersions": ["v1"],
+            "clientConfig": {"url": format!("https://127.0.0.1:{}{path}", self.port),
+                             "caBundle": b64(self.ca.as_bytes())},
+            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
+                       "resources": ["pods"], "scope": "Namespaced"}],
+            "namespaceSelector": {"matchLabels": {label.0: label.1}},
+            "failurePolicy": "Fail",
+            "sideEffects": "None",
+            "reinvocationPolicy": "Never",
+            "timeoutSeconds": 5,
+        }]})
+    }
+}
