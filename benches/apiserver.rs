@@ -276,7 +276,9 @@ fn main() {
                     let run = run(ns, &label, clients, n / 2, through).await;
                     if matches!(through, Through::Detour(_)) {
                         assert!(
-                            run.results.iter().all(|c| c.image.starts_with("m.daocloud.io/")),
+                            run.results
+                                .iter()
+                                .all(|c| c.image.starts_with("m.daocloud.io/")),
                             "every Pod is rewritten"
                         );
                     }

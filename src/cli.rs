@@ -54,6 +54,8 @@ pub enum Command {
     Certs(CertsArgs),
     /// Copy images into a mirror registry now (every platform, same digests).
     Mirror(MirrorArgs),
+    /// What the config would change in a live cluster, namespace by namespace.
+    Audit(AuditArgs),
 }
 
 #[derive(Debug, Args)]
@@ -73,6 +75,28 @@ pub struct MirrorArgs {
     /// Copy only these platforms (os/arch[/variant]); changes the index digest.
     #[arg(long, value_name = "PLATFORM")]
     pub platform: Vec<crate::mirror::PlatformFilter>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// Copy every image that the rules rewrite among the images a cluster runs
+    /// (Pods and workload templates; see `detour audit`).
+    #[arg(long)]
+    pub from_cluster: bool,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// Blobs copied at once.
+    #[arg(long, value_name = "N")]
+    pub concurrency: Option<usize>,
+    /// Text summary, or one JSON report per image.
+    #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+    /// No progress bar, even on a terminal.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+/// How to reach registries; adds to the config's `mirror:` section.
+#[derive(Debug, Clone, Args)]
+pub struct RegistryArgs {
     /// Docker config.json files with registry credentials (beside mirror.credentials).
     #[arg(long, env = "DETOUR_MIRROR_CREDENTIALS", value_name = "FILE")]
     pub credentials: Vec<PathBuf>,
@@ -85,19 +109,53 @@ pub struct MirrorArgs {
     /// Permit loopback registry addresses.
     #[arg(long)]
     pub allow_loopback: bool,
-    /// Blobs copied at once.
-    #[arg(long, value_name = "N")]
-    pub concurrency: Option<usize>,
     /// Retries after connection errors, 5xx and 429.
     #[arg(long, value_name = "N")]
     pub retries: Option<u32>,
     /// Limit for each registry request (and between reads of a blob).
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub timeout: Option<std::time::Duration>,
-    /// Text summary, or one JSON report per image.
+}
+
+/// Which cluster to read, and which part of it.
+#[derive(Debug, Clone, Args)]
+pub struct ClusterArgs {
+    /// Kubeconfig file (default: KUBECONFIG, ~/.kube/config, or the in-cluster service account).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context.
+    #[arg(long, value_name = "NAME")]
+    pub context: Option<String>,
+    /// Only this namespace (default: all).
+    #[arg(short = 'n', long, value_name = "NS")]
+    pub namespace: Option<String>,
+    /// Objects per list request (lists are paginated).
+    #[arg(long, default_value_t = 500, value_name = "N")]
+    pub page_size: u32,
+    /// The MutatingWebhookConfiguration whose selectors give each namespace's mode.
+    #[arg(long, default_value = "detour", value_name = "NAME")]
+    pub webhook_configuration: String,
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// Ask the mirror (a HEAD per rewritten image) whether it has each image.
+    #[arg(long)]
+    pub check_mirror: bool,
+    /// Exit with CODE (default 3) when --check-mirror finds images the mirror lacks.
+    #[arg(long, value_name = "CODE", num_args = 0..=1, default_missing_value = "3")]
+    pub fail_on_missing: Option<u8>,
+    /// Mirror lookups at once.
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub lookups: usize,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// A table by namespace and a summary, or one JSON document.
     #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
-    /// No progress bar, even on a terminal.
+    /// No progress, even on a terminal.
     #[arg(long)]
     pub no_progress: bool,
 }

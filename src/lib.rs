@@ -6,8 +6,11 @@
 //! applies them to Kubernetes objects; transport and runtime wiring sit on top.
 
 pub mod admission;
+pub mod audit;
+pub mod audit_command;
 pub mod certs;
 pub mod cli;
+pub mod cluster;
 pub mod commands;
 pub mod config;
 pub mod duration;

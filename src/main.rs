@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use detour::cli::{Cli, Command, ConfigCommand, LogFormat, ServeArgs};
-use detour::{certs, commands, mirror_command, server, tls};
+use detour::{audit_command, certs, commands, mirror_command, server, tls};
 
 // The admission path allocates many small strings; mimalloc is measurably
 // faster than glibc malloc for it (README, Performance).
@@ -63,20 +63,39 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             0
         }
         Command::Mirror(args) => {
-            let _log_guard = init_logging(LogFormat::Text);
-            let _ = rustls::crypto::ring::default_provider().install_default();
-            let config = commands::load_config(&cli.rules)?;
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .context("cannot start the runtime")?;
+            let (_log_guard, config, runtime) = network_command(&cli)?;
             runtime
                 .block_on(mirror_command::run(args, &config, &mut stdout.lock()))
+                .map_err(|e| anyhow::anyhow!(e))?
+        }
+        Command::Audit(args) => {
+            let (_log_guard, config, runtime) = network_command(&cli)?;
+            runtime
+                .block_on(audit_command::run(args, &config, &mut stdout.lock()))
                 .map_err(|e| anyhow::anyhow!(e))?
         }
     };
     stdout.lock().flush()?;
     Ok(code)
+}
+
+/// What a command that talks to registries or the Kubernetes API needs:
+/// text logs, the process's one crypto provider, the config and a runtime.
+fn network_command(
+    cli: &Cli,
+) -> anyhow::Result<(
+    tracing_appender::non_blocking::WorkerGuard,
+    detour::config::Config,
+    tokio::runtime::Runtime,
+)> {
+    let log_guard = init_logging(LogFormat::Text);
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let config = commands::load_config(&cli.rules)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    Ok((log_guard, config, runtime))
 }
 
 fn serve(args: &ServeArgs, cli: &Cli) -> anyhow::Result<()> {
@@ -113,7 +132,10 @@ fn serve(args: &ServeArgs, cli: &Cli) -> anyhow::Result<()> {
 
 fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("DETOUR_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // kube's client logs each failed request as an error of its own; detour
+    // reports the failure itself, once.
+    let filter = EnvFilter::try_from_env("DETOUR_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,kube_client=off"));
     // Buffered: the appender's worker flushes whenever its queue is empty, so
     // under load many lines share one write(2) and at rest none waits.
     let (writer, guard) =

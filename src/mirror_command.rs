@@ -8,7 +8,7 @@ use std::io::{IsTerminal, Write};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::cli::{MirrorArgs, OutputFormat};
+use crate::cli::{MirrorArgs, OutputFormat, RegistryArgs};
 use crate::config::{Config, MirrorSettings};
 use crate::mirror::{self, Copier, CopyReport, Observer};
 use crate::reference::Reference;
@@ -37,7 +37,12 @@ fn read_limited(path: &std::path::Path) -> Result<String, String> {
 
 /// What to copy where. Every image needs a destination: `--to` (one image
 /// only) or a rule that rewrites it.
-pub fn plan(args: &MirrorArgs, config: &Config) -> Result<Vec<CopyJob>, String> {
+/// `from_cluster` holds the (image, rewritten image) pairs of `--from-cluster`.
+pub fn plan(
+    args: &MirrorArgs,
+    config: &Config,
+    from_cluster: &[(String, String)],
+) -> Result<Vec<CopyJob>, String> {
     let mut sources: Vec<String> = args.images.clone();
     for path in &args.list {
         let text = read_limited(path)?;
@@ -56,6 +61,9 @@ pub fn plan(args: &MirrorArgs, config: &Config) -> Result<Vec<CopyJob>, String> 
         for change in changes {
             jobs.push(job(&change.from, &change.to)?);
         }
+    }
+    for (from, to) in from_cluster {
+        jobs.push(job(from, to)?);
     }
     if let Some(to) = &args.to {
         if sources.len() != 1 || !jobs.is_empty() {
@@ -76,7 +84,11 @@ pub fn plan(args: &MirrorArgs, config: &Config) -> Result<Vec<CopyJob>, String> 
         }
     }
     if jobs.is_empty() {
-        return Err("nothing to copy: give images, -f LIST or --from-manifests FILE".into());
+        return Err(if args.from_cluster {
+            "nothing to copy: the rules rewrite no image that the cluster uses".into()
+        } else {
+            "nothing to copy: give images, -f LIST, --from-manifests FILE or --from-cluster".into()
+        });
     }
     let mut seen = std::collections::HashSet::new();
     jobs.retain(|j| seen.insert((j.source.to_string(), j.destination.to_string())));
@@ -92,17 +104,23 @@ fn job(source: &str, destination: &str) -> Result<CopyJob, String> {
 
 /// The config's `mirror:` settings with the command's flags on top.
 pub fn settings(args: &MirrorArgs, config: &Config) -> MirrorSettings {
-    let mut s = config.mirror.clone();
-    s.credentials.extend(args.credentials.iter().cloned());
-    s.ca_files.extend(args.ca_file.iter().cloned());
-    s.plain_http.extend(args.plain_http.iter().cloned());
-    s.allow_loopback |= args.allow_loopback;
+    let mut s = registry_settings(&args.registry, config);
     if !args.platform.is_empty() {
         s.platforms = args.platform.clone();
     }
     if let Some(n) = args.concurrency {
         s.blob_concurrency = n.clamp(1, 64);
     }
+    s
+}
+
+/// The config's `mirror:` settings with the registry flags on top.
+pub fn registry_settings(args: &RegistryArgs, config: &Config) -> MirrorSettings {
+    let mut s = config.mirror.clone();
+    s.credentials.extend(args.credentials.iter().cloned());
+    s.ca_files.extend(args.ca_file.iter().cloned());
+    s.plain_http.extend(args.plain_http.iter().cloned());
+    s.allow_loopback |= args.allow_loopback;
     if let Some(n) = args.retries {
         s.retries = n;
     }
@@ -125,7 +143,12 @@ impl Observer for Bar {
 
 /// Runs the command; returns the exit code (1 when any copy failed).
 pub async fn run(args: &MirrorArgs, config: &Config, out: &mut dyn Write) -> Result<i32, String> {
-    let jobs = plan(args, config)?;
+    let from_cluster = if args.from_cluster {
+        crate::audit_command::cluster_copies(&args.cluster, config, !args.no_progress).await?
+    } else {
+        Vec::new()
+    };
+    let jobs = plan(args, config, &from_cluster)?;
     let settings = settings(args, config);
     let client = mirror::client_for(&settings).map_err(|e| e.to_string())?;
     let copier = Copier::new(client, mirror::copy_options(&settings));

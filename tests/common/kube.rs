@@ -115,6 +115,9 @@ fn run_dir() -> PathBuf {
     dir
 }
 
+/// A user in no group: it may do only what a test's RBAC grants it.
+pub const VIEWER_TOKEN: &str = "detour-e2e-viewer";
+
 const AUDIT_POLICY: &str = r#"apiVersion: audit.k8s.io/v1
 kind: Policy
 omitStages: [RequestReceived]
@@ -135,7 +138,7 @@ impl ControlPlane {
         let token = format!("detour-e2e-{}", std::process::id());
         std::fs::write(
             dir.join("tokens.csv"),
-            format!("{token},admin,admin-uid,system:masters\n"),
+            format!("{token},admin,admin-uid,system:masters\n{VIEWER_TOKEN},viewer,viewer-uid\n"),
         )
         .unwrap();
         std::fs::write(dir.join("audit-policy.yaml"), AUDIT_POLICY).unwrap();
@@ -172,18 +175,7 @@ impl ControlPlane {
         .stderr(std::fs::File::create(&apiserver_log).unwrap());
         let mut apiserver = spawn_tied(cmd);
         let kubeconfig = dir.join("kubeconfig");
-        std::fs::write(
-            &kubeconfig,
-            format!(
-                "apiVersion: v1\nkind: Config\n\
-                 clusters: [{{name: e2e, cluster: {{server: 'https://127.0.0.1:{port}', certificate-authority: '{}'}}}}]\n\
-                 users: [{{name: admin, user: {{token: '{token}'}}}}]\n\
-                 contexts: [{{name: e2e, context: {{cluster: e2e, user: admin}}}}]\n\
-                 current-context: e2e\n",
-                tls_file("ca.crt")
-            ),
-        )
-        .unwrap();
+        write_kubeconfig(&kubeconfig, port, &tls.join("ca.crt"), &token);
         let plane = ControlPlane {
             bin,
             port,
@@ -327,6 +319,22 @@ impl ControlPlane {
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect()
     }
+}
+
+/// A kubeconfig for the apiserver on `port` that sends `token`.
+pub fn write_kubeconfig(path: &Path, port: u16, ca: &Path, token: &str) {
+    std::fs::write(
+        path,
+        format!(
+            "apiVersion: v1\nkind: Config\n\
+             clusters: [{{name: e2e, cluster: {{server: 'https://127.0.0.1:{port}', certificate-authority: '{}'}}}}]\n\
+             users: [{{name: user, user: {{token: '{token}'}}}}]\n\
+             contexts: [{{name: e2e, context: {{cluster: e2e, user: user}}}}]\n\
+             current-context: e2e\n",
+            ca.display()
+        ),
+    )
+    .unwrap();
 }
 
 /// Sums the samples of `name` whose labels include every pair in `labels`.
