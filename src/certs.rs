@@ -8,7 +8,7 @@ use std::path::Path;
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose, SanType,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -24,6 +24,8 @@ pub enum CertError {
     Write(String, std::io::Error),
     #[error("no names: give a service and namespace, or --dns/--ip")]
     NoNames,
+    #[error("cannot read certificate: {0}")]
+    Parse(String),
 }
 
 /// What the serving certificate is for.
@@ -62,15 +64,23 @@ impl CertRequest {
     }
 }
 
-/// A CA that signs serving certificates. The key stays in memory: `detour
-/// certs` writes only the CA certificate, and a rotation makes a new CA.
+/// A CA that signs serving certificates: made here, or restored from the
+/// PEM pair that self-managed certificates keep in a Secret.
 pub struct CertificateAuthority {
-    issuer: CertifiedIssuer<'static, KeyPair>,
+    issuer: Issuer<'static, KeyPair>,
+    cert_pem: String,
+    key_pem: String,
+    not_after: OffsetDateTime,
 }
 
 impl CertificateAuthority {
     /// A new self-signed CA, valid for `days`.
     pub fn generate(days: i64) -> Result<Self, CertError> {
+        Self::generate_valid_for(Duration::days(days))
+    }
+
+    /// A new self-signed CA, valid for `validity` from now.
+    pub fn generate_valid_for(validity: Duration) -> Result<Self, CertError> {
         let now = OffsetDateTime::now_utc();
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
@@ -83,18 +93,47 @@ impl CertificateAuthority {
             KeyUsagePurpose::DigitalSignature,
         ];
         params.not_before = now - Duration::hours(1);
-        params.not_after = now + Duration::days(days);
-        let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate()?)?;
-        Ok(Self { issuer })
+        params.not_after = now + validity;
+        let key = KeyPair::generate()?;
+        let key_pem = key.serialize_pem();
+        let certified = CertifiedIssuer::self_signed(params, key)?;
+        Self::from_pem(&certified.pem(), &key_pem)
+    }
+
+    /// A CA from its certificate and key (PEM).
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, CertError> {
+        let key = KeyPair::from_pem(key_pem)?;
+        let issuer = Issuer::from_ca_cert_pem(cert_pem, key)?;
+        let not_after = OffsetDateTime::from_unix_timestamp(not_after_of_pem(cert_pem)?)
+            .map_err(|e| CertError::Parse(e.to_string()))?;
+        Ok(Self {
+            issuer,
+            cert_pem: cert_pem.to_string(),
+            key_pem: key_pem.to_string(),
+            not_after,
+        })
     }
 
     pub fn pem(&self) -> String {
-        self.issuer.pem()
+        self.cert_pem.clone()
     }
 
-    /// A serving certificate for `req`'s names, signed by this CA; returns
-    /// the certificate and its private key, both PEM.
+    pub fn key_pem(&self) -> &str {
+        &self.key_pem
+    }
+
+    /// A serving certificate for `req`'s names, valid `req.days`.
     pub fn issue(&self, req: &CertRequest) -> Result<(String, String), CertError> {
+        self.issue_valid_for(req, Duration::days(req.days))
+    }
+
+    /// A serving certificate for `req`'s names, signed by this CA, valid for
+    /// `validity` but never past the CA; returns certificate and key, PEM.
+    pub fn issue_valid_for(
+        &self,
+        req: &CertRequest,
+        validity: Duration,
+    ) -> Result<(String, String), CertError> {
         let names = req.dns_names();
         if names.is_empty() && req.ips.is_empty() {
             return Err(CertError::NoNames);
@@ -116,11 +155,23 @@ impl CertificateAuthority {
             KeyUsagePurpose::KeyEncipherment,
         ];
         leaf.not_before = now - Duration::hours(1);
-        leaf.not_after = now + Duration::days(req.days);
+        leaf.not_after = (now + validity).min(self.not_after);
         let leaf_key = KeyPair::generate()?;
         let cert = leaf.signed_by(&leaf_key, &self.issuer)?;
         Ok((cert.pem(), leaf_key.serialize_pem()))
     }
+}
+
+/// notAfter of the first certificate in `pem`, Unix seconds.
+pub fn not_after_of_pem(pem: &str) -> Result<i64, CertError> {
+    use rustls_pki_types::pem::PemObject;
+    let der = rustls_pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
+        .next()
+        .ok_or_else(|| CertError::Parse("no certificate in PEM".into()))?
+        .map_err(|e| CertError::Parse(e.to_string()))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
+        .map_err(|e| CertError::Parse(e.to_string()))?;
+    Ok(cert.validity().not_after.timestamp())
 }
 
 /// A new CA (valid ten times as long as the serving certificate) and a

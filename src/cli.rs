@@ -241,6 +241,72 @@ pub struct ServeArgs {
     /// Safety-net interval for re-checking certificate and config files (events trigger at once).
     #[arg(long, default_value = "2s", value_parser = parse_duration, env = "DETOUR_RELOAD_INTERVAL")]
     pub reload_interval: std::time::Duration,
+    #[command(flatten)]
+    pub managed: ManagedCertArgs,
+}
+
+/// Self-managed certificates: a CA and serving certificate in a Secret that
+/// every replica shares, and the CA bundle kept in the webhook configuration.
+#[derive(Debug, Clone, Args)]
+pub struct ManagedCertArgs {
+    /// Manage the certificates through the Kubernetes API instead of reading --cert-dir.
+    #[arg(long, env = "DETOUR_MANAGE_CERTS")]
+    pub manage_certs: bool,
+    /// The Secret that holds them (created if missing).
+    #[arg(
+        long,
+        default_value = "detour-certs",
+        env = "DETOUR_CERT_SECRET",
+        value_name = "NAME"
+    )]
+    pub cert_secret: String,
+    /// detour's namespace (the Secret's and the Service's).
+    #[arg(
+        long,
+        default_value = "detour-system",
+        env = "DETOUR_NAMESPACE",
+        value_name = "NS"
+    )]
+    pub namespace: String,
+    /// The Service the apiserver calls: its names go into the certificate.
+    #[arg(
+        long,
+        default_value = "detour",
+        env = "DETOUR_SERVICE",
+        value_name = "NAME"
+    )]
+    pub service: String,
+    /// Extra DNS names for the certificate.
+    #[arg(
+        long,
+        env = "DETOUR_CERT_DNS",
+        value_delimiter = ',',
+        value_name = "NAME"
+    )]
+    pub cert_dns: Vec<String>,
+    /// IP addresses for the certificate.
+    #[arg(long, env = "DETOUR_CERT_IP", value_delimiter = ',', value_name = "IP")]
+    pub cert_ip: Vec<std::net::IpAddr>,
+    /// The MutatingWebhookConfiguration whose caBundle detour keeps.
+    #[arg(
+        long,
+        default_value = "detour",
+        env = "DETOUR_WEBHOOK_CONFIGURATION",
+        value_name = "NAME"
+    )]
+    pub webhook_configuration: String,
+    /// Validity of the serving certificate (renewed with a third left).
+    #[arg(long, default_value = "90d", value_parser = parse_duration, env = "DETOUR_CERT_VALIDITY")]
+    pub cert_validity: std::time::Duration,
+    /// Validity of the CA (rotated with an overlap when a third is left).
+    #[arg(long, default_value = "3650d", value_parser = parse_duration, env = "DETOUR_CA_VALIDITY")]
+    pub ca_validity: std::time::Duration,
+    /// How often the Secret and the caBundle are checked.
+    #[arg(long, default_value = "30s", value_parser = parse_duration, env = "DETOUR_CERT_SYNC_INTERVAL")]
+    pub cert_sync_interval: std::time::Duration,
+    /// Kubeconfig file (default: in-cluster service account, KUBECONFIG, ~/.kube/config).
+    #[arg(long, env = "DETOUR_KUBECONFIG", value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

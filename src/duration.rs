@@ -1,8 +1,9 @@
-//! Durations as people write them in flags and config: `500ms`, `5s`, `2m`.
+//! Durations as people write them in flags and config: `500ms`, `5s`, `2m`,
+//! `12h`, `90d`.
 
 use std::time::Duration;
 
-/// `500ms`, `5s`, `2m`, or a bare number of seconds.
+/// `500ms`, `5s`, `2m`, `12h`, `90d`, or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
@@ -16,7 +17,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "ms" => Ok(Duration::from_millis(n)),
         "s" => Ok(Duration::from_secs(n)),
         "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("invalid duration unit in {text:?}: use ms, s or m")),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        "d" => Ok(Duration::from_secs(n * 86_400)),
+        _ => Err(format!(
+            "invalid duration unit in {text:?}: use ms, s, m, h or d"
+        )),
     }
 }
 

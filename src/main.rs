@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use detour::cli::{Cli, Command, ConfigCommand, LogFormat, ServeArgs};
-use detour::{audit_command, certs, commands, mirror_command, server, tls};
+use detour::{audit_command, certs, commands, managed_certs, mirror_command, server, tls};
 
 // The admission path allocates many small strings; mimalloc is measurably
 // faster than glibc malloc for it (README, Performance).
@@ -121,6 +121,7 @@ fn serve(args: &ServeArgs, cli: &Cli) -> anyhow::Result<()> {
         shutdown_delay: args.shutdown_delay,
         shutdown_grace: args.shutdown_grace,
         reload_interval: args.reload_interval,
+        managed: managed_options(args)?,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -128,6 +129,38 @@ fn serve(args: &ServeArgs, cli: &Cli) -> anyhow::Result<()> {
         .context("cannot start the runtime")?;
     runtime.block_on(server::run(options))?;
     Ok(())
+}
+
+/// `--manage-certs`: what to manage, and the cluster to manage it in.
+fn managed_options(args: &ServeArgs) -> anyhow::Result<Option<server::ManagedSetup>> {
+    let m = &args.managed;
+    if !m.manage_certs {
+        return Ok(None);
+    }
+    let seconds = |d: std::time::Duration| time::Duration::seconds(d.as_secs() as i64);
+    let policy = managed_certs::plan::Policy {
+        ca_validity: seconds(m.ca_validity),
+        cert_validity: seconds(m.cert_validity),
+        propagation: seconds(m.cert_sync_interval) * 2,
+    };
+    policy.check().map_err(|e| anyhow::anyhow!(e))?;
+    Ok(Some(server::ManagedSetup {
+        kubeconfig: m.kubeconfig.clone(),
+        options: managed_certs::ManagedOptions {
+            namespace: m.namespace.clone(),
+            secret: m.cert_secret.clone(),
+            webhook_configuration: m.webhook_configuration.clone(),
+            names: certs::CertRequest {
+                service: Some(m.service.clone()),
+                namespace: m.namespace.clone(),
+                dns: m.cert_dns.clone(),
+                ips: m.cert_ip.clone(),
+                days: 0,
+            },
+            policy,
+            interval: m.cert_sync_interval,
+        },
+    }))
 }
 
 fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {

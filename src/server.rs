@@ -55,6 +55,8 @@ pub enum ServeError {
     Server(std::io::Error),
     #[error("mirror settings: {0}")]
     Mirror(#[from] MirrorError),
+    #[error("managed certificates: {0}")]
+    Managed(String),
 }
 
 /// Everything the handlers share.
@@ -282,10 +284,21 @@ pub struct ServeOptions {
     pub shutdown_delay: Duration,
     pub shutdown_grace: Duration,
     pub reload_interval: Duration,
+    /// `--manage-certs`: certificates from the Kubernetes API, not files.
+    pub managed: Option<ManagedSetup>,
+}
+
+/// Self-managed certificates: where the cluster is, and what to manage.
+#[derive(Debug, Clone)]
+pub struct ManagedSetup {
+    pub kubeconfig: Option<PathBuf>,
+    pub options: crate::managed_certs::ManagedOptions,
 }
 
 pub async fn run(opts: ServeOptions) -> Result<(), ServeError> {
-    if opts.dev {
+    if opts.managed.is_some() {
+        // The certificate comes from the cluster below.
+    } else if opts.dev {
         prepare_dev_certificates(&opts.tls.cert_dir)?;
     } else if !opts.tls.cert_path().exists() || !opts.tls.key_path().exists() {
         return Err(ServeError::NoCertificate(
@@ -298,13 +311,6 @@ pub async fn run(opts: ServeOptions) -> Result<(), ServeError> {
     let runtime = state.mirror_for(&state.config.load())?;
     state.mirror.store(runtime);
     state.metrics.config_last_reload_ok.set(1);
-    let loaded = opts.tls.load()?;
-    state.metrics.cert_expiry.set(loaded.not_after);
-    let tls_config = RustlsConfig::from_config(loaded.config);
-
-    let _tls_watch = spawn_tls_reloader(&opts, &state, tls_config.clone());
-    let _config_watch = spawn_config_reloader(&opts, &state);
-
     let admin = tokio::net::TcpListener::bind(opts.admin_listen)
         .await
         .map_err(|e| ServeError::Listen(opts.admin_listen, e))?;
@@ -319,6 +325,41 @@ pub async fn run(opts: ServeOptions) -> Result<(), ServeError> {
                 .await
         })
     };
+
+    // With --manage-certs the first sync must succeed before serving; the
+    // admin server answers (not ready) meanwhile.
+    let managed = match &opts.managed {
+        Some(setup) => {
+            let cluster = crate::cluster::ClusterOptions {
+                kubeconfig: setup.kubeconfig.clone(),
+                context: None,
+                namespace: None,
+                page_size: 1,
+                webhook: String::new(),
+            };
+            let client = crate::cluster::connect(&cluster)
+                .await
+                .map_err(|e| ServeError::Managed(e.to_string()))?;
+            let manager = crate::managed_certs::ManagedCerts::new(client, setup.options.clone());
+            let synced = manager.first_sync().await;
+            Some((manager, synced.serving))
+        }
+        None => None,
+    };
+    let loaded = match &managed {
+        Some((_, serving)) => managed_tls(&opts.tls, serving)?,
+        None => opts.tls.load()?,
+    };
+    state.metrics.cert_expiry.set(loaded.not_after);
+    let tls_config = RustlsConfig::from_config(loaded.config);
+
+    let _tls_watch = match managed {
+        Some((manager, serving)) => {
+            spawn_managed_reloader(manager, serving, &opts, &state, tls_config.clone())
+        }
+        None => spawn_tls_reloader(&opts, &state, tls_config.clone()),
+    };
+    let _config_watch = spawn_config_reloader(&opts, &state);
 
     let listener =
         std::net::TcpListener::bind(opts.listen).map_err(|e| ServeError::Listen(opts.listen, e))?;
@@ -354,6 +395,43 @@ pub async fn run(opts: ServeOptions) -> Result<(), ServeError> {
         Ok(result) => result.map_err(ServeError::Server),
         Err(e) => Err(ServeError::Server(std::io::Error::other(e))),
     }
+}
+
+fn managed_tls(
+    source: &TlsSource,
+    serving: &crate::managed_certs::plan::Pair,
+) -> Result<crate::tls::LoadedTls, TlsError> {
+    source.from_pem(
+        serving.cert.as_bytes(),
+        serving.key.as_bytes(),
+        "managed tls.crt",
+        "managed tls.key",
+    )
+}
+
+/// Each serving certificate the manager finds in the Secret is checked like
+/// a file pair and swapped in; a bad one leaves the current one in use.
+fn spawn_managed_reloader(
+    manager: crate::managed_certs::ManagedCerts,
+    serving: crate::managed_certs::plan::Pair,
+    opts: &ServeOptions,
+    state: &AppState,
+    tls_config: RustlsConfig,
+) -> tokio::task::JoinHandle<()> {
+    let source = opts.tls.clone();
+    let metrics = state.metrics.clone();
+    manager.spawn(serving, move |pair| match managed_tls(&source, pair) {
+        Ok(loaded) => {
+            tls_config.reload_from_config(loaded.config);
+            metrics.cert_expiry.set(loaded.not_after);
+            Metrics::count_reload(&metrics.tls_reloads, true);
+            tracing::info!(not_after = loaded.not_after, "managed serving certificate in use");
+        }
+        Err(e) => {
+            Metrics::count_reload(&metrics.tls_reloads, false);
+            tracing::error!(error = %e, "managed serving certificate refused; the current one stays in use");
+        }
+    })
 }
 
 fn spawn_tls_reloader(

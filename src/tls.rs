@@ -67,21 +67,36 @@ impl TlsSource {
     pub fn load(&self) -> Result<LoadedTls, TlsError> {
         let cert_path = self.cert_path();
         let key_path = self.key_path();
-        let cert_pem = read(&cert_path)?;
-        let key_pem = read(&key_path)?;
-        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+        self.from_pem(
+            &read(&cert_path)?,
+            &read(&key_path)?,
+            &cert_path.display().to_string(),
+            &key_path.display().to_string(),
+        )
+    }
+
+    /// Builds the server config from a PEM pair (files, or a Secret's data
+    /// for self-managed certificates), with the same checks.
+    pub fn from_pem(
+        &self,
+        cert_pem: &[u8],
+        key_pem: &[u8],
+        cert_label: &str,
+        key_label: &str,
+    ) -> Result<LoadedTls, TlsError> {
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
             .collect::<Result<_, _>>()
-            .map_err(|e| TlsError::Pem(cert_path.display().to_string(), e.to_string()))?;
+            .map_err(|e| TlsError::Pem(cert_label.to_string(), e.to_string()))?;
         let leaf = chain
             .first()
-            .ok_or_else(|| TlsError::NoCertificate(cert_path.display().to_string()))?;
-        let not_after = not_after(leaf)
-            .map_err(|e| TlsError::Certificate(cert_path.display().to_string(), e))?;
+            .ok_or_else(|| TlsError::NoCertificate(cert_label.to_string()))?;
+        let not_after =
+            not_after(leaf).map_err(|e| TlsError::Certificate(cert_label.to_string(), e))?;
         if not_after < now_unix() {
-            return Err(TlsError::Expired(cert_path.display().to_string()));
+            return Err(TlsError::Expired(cert_label.to_string()));
         }
-        let key = PrivateKeyDer::from_pem_slice(&key_pem)
-            .map_err(|e| TlsError::Pem(key_path.display().to_string(), e.to_string()))?;
+        let key = PrivateKeyDer::from_pem_slice(key_pem)
+            .map_err(|e| TlsError::Pem(key_label.to_string(), e.to_string()))?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;

@@ -148,7 +148,13 @@ fn every_overlay_is_accepted_by_the_apiserver() {
         "--namespace",
         "detour-system",
     ]);
-    for overlay in ["opt-in", "cluster-wide", "cert-manager", "self-signed"] {
+    for overlay in [
+        "opt-in",
+        "cluster-wide",
+        "cert-manager",
+        "self-signed",
+        "self-managed",
+    ] {
         let path = manifests.join("overlays").join(overlay);
         let path = path.to_str().unwrap();
         let rendered = cp.kubectl_ok(&["kustomize", path]);

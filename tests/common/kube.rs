@@ -123,7 +123,9 @@ kind: Policy
 omitStages: [RequestReceived]
 rules:
   - level: Metadata
-    resources: [{group: "", resources: ["pods"]}]
+    resources:
+      - {group: "", resources: ["pods", "secrets"]}
+      - {group: "admissionregistration.k8s.io", resources: ["mutatingwebhookconfigurations"]}
   - level: None
 "#;
 
@@ -444,6 +446,15 @@ pub struct Installed<'a> {
 
 impl<'a> Installed<'a> {
     pub fn new(cp: &'a ControlPlane, overlay: &str, port: u16, ca_bundle: &str) -> Self {
+        Self::install(cp, overlay, port, Some(ca_bundle))
+    }
+
+    /// Without a caBundle: for `--manage-certs`, which writes it.
+    pub fn without_ca_bundle(cp: &'a ControlPlane, overlay: &str, port: u16) -> Self {
+        Self::install(cp, overlay, port, None)
+    }
+
+    fn install(cp: &'a ControlPlane, overlay: &str, port: u16, ca_bundle: Option<&str>) -> Self {
         install_cert_manager_crds(cp);
         let dir = tempfile::tempdir().unwrap();
         copy_manifests(dir.path());
@@ -458,9 +469,15 @@ impl<'a> Installed<'a> {
         .flat_map(|(i, (name, path))| {
             [
                 json!({"op": "test", "path": format!("/webhooks/{i}/name"), "value": name}),
-                json!({"op": "replace", "path": format!("/webhooks/{i}/clientConfig"),
-                           "value": {"url": format!("https://127.0.0.1:{port}{path}"),
-                                     "caBundle": b64(ca_bundle.as_bytes())}}),
+                {
+                    let mut client_config =
+                        json!({"url": format!("https://127.0.0.1:{port}{path}")});
+                    if let Some(pem) = ca_bundle {
+                        client_config["caBundle"] = b64(pem.as_bytes()).into();
+                    }
+                    json!({"op": "replace", "path": format!("/webhooks/{i}/clientConfig"),
+                           "value": client_config})
+                },
             ]
         })
         .collect();

@@ -69,6 +69,8 @@ pub struct Options<'a> {
     pub extra: Vec<&'a str>,
     /// `DETOUR_LOG`; `debug` when not given.
     pub log: Option<&'a str>,
+    /// The webhook port; a free one when not given.
+    pub port: Option<u16>,
 }
 
 impl Server {
@@ -79,7 +81,7 @@ impl Server {
             make_certs(&d);
             d
         });
-        let port = free_port();
+        let port = opts.port.unwrap_or_else(free_port);
         let admin = free_port();
         let log = dir.path().join("detour.log");
         let mut cmd = Command::new(BIN);
