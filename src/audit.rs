@@ -393,10 +393,17 @@ impl std::fmt::Display for Summary {
             .iter()
             .map(|(mode, n)| format!("{n} {mode}"))
             .collect();
+        let plural =
+            |n: usize, one: &'static str, many: &'static str| if n == 1 { one } else { many };
         writeln!(
             f,
-            "{} objects, {} containers in {} namespaces",
-            self.objects, self.containers, self.namespaces
+            "{} {}, {} {} in {} {}",
+            self.objects,
+            plural(self.objects, "object", "objects"),
+            self.containers,
+            plural(self.containers, "container", "containers"),
+            self.namespaces,
+            plural(self.namespaces, "namespace", "namespaces")
         )?;
         writeln!(
             f,

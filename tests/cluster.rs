@@ -259,6 +259,7 @@ fn audit_of_5000_pods_in_50_namespaces_matches_the_config() {
     );
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
+    eprintln!("detour audit -n load-00:\n{text}");
     assert!(
         text.contains("namespace load-00 (enforce: new Pods get these images)"),
         "{text}"
@@ -277,7 +278,7 @@ fn audit_of_5000_pods_in_50_namespaces_matches_the_config() {
         "{text}"
     );
     assert!(
-        text.contains("106 objects, 106 containers in 1 namespaces"),
+        text.contains("106 objects, 106 containers in 1 namespace"),
         "{text}"
     );
     assert!(!text.contains("load-01"), "{text}");
@@ -370,6 +371,7 @@ fn check_mirror_marks_present_and_absent_images_and_can_fail_a_gate() {
     let out = run(&["--fail-on-missing"]);
     assert_eq!(out.status.code(), Some(3));
     let text = String::from_utf8(out.stdout).unwrap();
+    eprintln!("detour audit --check-mirror --fail-on-missing:\n{text}");
     assert!(
         text.contains(&format!("registry.k8s.io/kube-proxy:v1.37.2 -> {host}/mirror/registry.k8s.io/kube-proxy:v1.37.2  (2 objects: Pod/absent-0, Pod/absent-1)  [mirror: MISSING]")),
         "{text}"

@@ -230,3 +230,53 @@ fn self_signed_overlay_carries_the_ca_from_detour_certs() {
     );
     assert!(sans.contains("detour.detour-system.svc"), "{sans}");
 }
+
+#[test]
+fn self_managed_overlay_uses_the_api_with_named_permissions_only() {
+    let docs = render(&Path::new(MANIFESTS).join("overlays/self-managed"));
+    let deploy = find(&docs, "Deployment", "detour");
+    let pod = &deploy["spec"]["template"]["spec"];
+    assert_eq!(pod["automountServiceAccountToken"], true);
+    let c = &pod["containers"][0];
+    let args = c["args"].to_string();
+    assert!(
+        args.contains("--manage-certs") && !args.contains("--cert-dir"),
+        "{args}"
+    );
+    assert_eq!(c["env"][0]["name"], "DETOUR_NAMESPACE");
+    assert_eq!(
+        c["env"][0]["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.namespace"
+    );
+    // Still hardened as in the base.
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    // No certificate volume: the certificate comes from the API.
+    let volumes = pod["volumes"].to_string();
+    assert!(!volumes.contains("detour-tls"), "{volumes}");
+    // RBAC: by name, except create (which cannot be), and only in detour's
+    // namespace; cluster-wide only the one webhook configuration.
+    let role = find(&docs, "Role", "detour-certs");
+    assert_eq!(role["metadata"]["namespace"], "detour-system");
+    let rules = role["rules"].as_array().unwrap();
+    assert_eq!(
+        rules[0]["resourceNames"],
+        serde_json::json!(["detour-certs"])
+    );
+    assert_eq!(rules[0]["verbs"], serde_json::json!(["get", "update"]));
+    assert_eq!(rules[1]["verbs"], serde_json::json!(["create"]));
+    let cluster_role = find(&docs, "ClusterRole", "detour-webhook-ca-bundle");
+    let rules = cluster_role["rules"].as_array().unwrap();
+    assert_eq!(rules.len(), 1);
+    assert_eq!(rules[0]["resourceNames"], serde_json::json!(["detour"]));
+    assert_eq!(rules[0]["verbs"], serde_json::json!(["get", "update"]));
+    for doc in &docs {
+        for rule in doc["rules"].as_array().into_iter().flatten() {
+            let verbs = rule["verbs"].to_string();
+            assert!(
+                !verbs.contains("list") && !verbs.contains("watch") && !verbs.contains('*'),
+                "{doc}"
+            );
+        }
+    }
+}
