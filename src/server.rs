@@ -420,18 +420,30 @@ fn spawn_managed_reloader(
 ) -> tokio::task::JoinHandle<()> {
     let source = opts.tls.clone();
     let metrics = state.metrics.clone();
-    manager.spawn(serving, move |pair| match managed_tls(&source, pair) {
+    manager.spawn(serving, move |pair| {
+        swap_certificate(&tls_config, &metrics, managed_tls(&source, pair));
+    })
+}
+
+/// Serves a new certificate to new connections, or keeps the current one
+/// when the new one was refused; counted and logged either way.
+fn swap_certificate(
+    tls_config: &RustlsConfig,
+    metrics: &Metrics,
+    new: Result<crate::tls::LoadedTls, TlsError>,
+) {
+    match new {
         Ok(loaded) => {
             tls_config.reload_from_config(loaded.config);
             metrics.cert_expiry.set(loaded.not_after);
             Metrics::count_reload(&metrics.tls_reloads, true);
-            tracing::info!(not_after = loaded.not_after, "managed serving certificate in use");
+            tracing::info!(not_after = loaded.not_after, "serving certificate reloaded");
         }
         Err(e) => {
             Metrics::count_reload(&metrics.tls_reloads, false);
-            tracing::error!(error = %e, "managed serving certificate refused; the current one stays in use");
+            tracing::error!(error = %e, "new serving certificate refused; the current one stays in use");
         }
-    })
+    }
 }
 
 fn spawn_tls_reloader(
@@ -448,18 +460,7 @@ fn spawn_tls_reloader(
             return;
         }
         last = current;
-        match source.load() {
-            Ok(loaded) => {
-                tls_config.reload_from_config(loaded.config);
-                metrics.cert_expiry.set(loaded.not_after);
-                Metrics::count_reload(&metrics.tls_reloads, true);
-                tracing::info!(not_after = loaded.not_after, "serving certificate reloaded");
-            }
-            Err(e) => {
-                Metrics::count_reload(&metrics.tls_reloads, false);
-                tracing::error!(error = %e, "new serving certificate refused; the current one stays in use");
-            }
-        }
+        swap_certificate(&tls_config, &metrics, source.load());
     })
 }
 

@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 
 use axum::routing::post;
 use common::kube::{
-    b64, control_plane, copy_manifests, create_pods, install_cert_manager_crds, metric_value,
-    serial, single_container_pod, ControlPlane, Created, Installed, TestWebhook,
+    assert_all_rewritten, b64, control_plane, copy_manifests, create_pods,
+    install_cert_manager_crds, metric_value, serial, single_container_pod, ControlPlane, Created,
+    Installed, TestWebhook,
 };
 use common::*;
 use serde_json::{json, Value};
@@ -687,47 +688,6 @@ fn pods_are_created_unchanged_when_detour_is_down_hung_or_too_slow() {
     }
 }
 
-fn assert_all_rewritten(results: &[Created]) {
-    let bad: Vec<_> = results
-        .iter()
-        .filter(|c| c.status != 201 || c.image != PAUSE_MIRRORED)
-        .collect();
-    assert!(
-        bad.is_empty(),
-        "{} of {} Pods failed or were not rewritten: {:?}",
-        bad.len(),
-        results.len(),
-        &bad[..bad.len().min(5)]
-    );
-}
-
-/// A runtime for the tests that create Pods from concurrent clients (the
-/// test bodies are async; the serial() guard is held outside them).
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-/// The certificate detour presents, as DER, if `ca` verifies it.
-async fn served_leaf(detour: &Server, ca: &Path) -> Option<Vec<u8>> {
-    let client = client_trusting(&[ca]);
-    let resp = client.get(detour.url("/unknown")).send().await.ok()?;
-    let info = resp.extensions().get::<reqwest::tls::TlsInfo>()?;
-    Some(info.peer_certificate()?.to_vec())
-}
-
-fn leaf_of(pem: &str) -> Vec<u8> {
-    use rustls::pki_types::pem::PemObject;
-    rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
-        .next()
-        .unwrap()
-        .unwrap()
-        .to_vec()
-}
-
 /// Writes a new serving certificate into detour's directory (the kubelet's
 /// Secret update) and waits until detour presents it.
 async fn rotate_serving_cert(
@@ -744,11 +704,9 @@ async fn rotate_serving_cert(
             ("tls.key", key.into_bytes()),
         ],
     );
-    let ca_file = detour.dir.path().join(format!("ca-{generation}.crt"));
-    std::fs::write(&ca_file, ca.pem()).unwrap();
     let want = leaf_of(&cert);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while served_leaf(detour, &ca_file).await.as_ref() != Some(&want) {
+    while served_leaf(detour.port, &ca.pem()).await.as_ref() != Some(&want) {
         assert!(Instant::now() < deadline, "detour kept its old certificate");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -792,6 +750,45 @@ fn serving_certificate_rotation_under_load_fails_no_pod() {
     runtime().block_on(serving_certificate_rotation_under_load_fails_no_pod_async());
 }
 
+/// Pods created continuously in `ns` through the apiserver by 4 clients.
+struct PodLoad {
+    stop: Arc<AtomicBool>,
+    handle: tokio::task::JoinHandle<Vec<Created>>,
+    failed_open_before: f64,
+}
+
+impl PodLoad {
+    async fn start(ns: &'static str) -> PodLoad {
+        let cp = control_plane();
+        wait_enforced(cp, ns);
+        let failed_open_before = failed_open(cp, "enforce.detour.dev");
+        let stop = Arc::new(AtomicBool::new(false));
+        let handle = tokio::spawn({
+            let stop = stop.clone();
+            async move { create_pods(control_plane(), ns, "p", PAUSE, 4, 100_000, stop).await }
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        PodLoad {
+            stop,
+            handle,
+            failed_open_before,
+        }
+    }
+
+    /// Stops the clients: every Pod was admitted and rewritten, and no call
+    /// to detour failed open.
+    async fn finish(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let results = self.handle.await.unwrap();
+        assert!(results.len() >= 20, "only {} Pods created", results.len());
+        assert_all_rewritten(&results, PAUSE_MIRRORED);
+        assert_eq!(
+            failed_open(control_plane(), "enforce.detour.dev"),
+            self.failed_open_before
+        );
+    }
+}
+
 async fn serving_certificate_rotation_under_load_fails_no_pod_async() {
     let cp = control_plane();
     let ca = detour::certs::CertificateAuthority::generate(20).unwrap();
@@ -799,25 +796,13 @@ async fn serving_certificate_rotation_under_load_fails_no_pod_async() {
     let installed = Installed::new(cp, "opt-in", detour.port, &ca.pem());
     let ns = "e2e-rotate-cert";
     cp.namespace(ns, &[("detour.dev/mode", "enforce")]);
-    wait_enforced(cp, ns);
-    let before = failed_open(cp, "enforce.detour.dev");
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = tokio::spawn({
-        let stop = stop.clone();
-        async move { create_pods(control_plane(), ns, "p", PAUSE, 4, 100_000, stop).await }
-    });
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let load = PodLoad::start(ns).await;
     for (generation, host) in [(2, "localhost"), (3, "127.0.0.1")] {
         rotate_serving_cert(&detour, &ca, generation).await;
         installed.reconfigure(host, &ca.pem());
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
-    stop.store(true, Ordering::Relaxed);
-    let results = load.await.unwrap();
-    assert!(results.len() >= 20, "only {} Pods created", results.len());
-    assert_all_rewritten(&results);
-    assert_eq!(failed_open(cp, "enforce.detour.dev"), before);
+    load.finish().await;
 }
 
 #[test]
@@ -834,15 +819,7 @@ async fn ca_rotation_with_an_overlap_fails_no_pod_async() {
     let installed = Installed::new(cp, "opt-in", detour.port, &old_ca.pem());
     let ns = "e2e-rotate-ca";
     cp.namespace(ns, &[("detour.dev/mode", "enforce")]);
-    wait_enforced(cp, ns);
-    let before = failed_open(cp, "enforce.detour.dev");
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = tokio::spawn({
-        let stop = stop.clone();
-        async move { create_pods(control_plane(), ns, "p", PAUSE, 4, 100_000, stop).await }
-    });
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let load = PodLoad::start(ns).await;
     let both = format!("{}{}", old_ca.pem(), new_ca.pem());
     // 1. Both CAs are trusted before any certificate of the new one is served.
     installed.reconfigure("127.0.0.1", &both);
@@ -856,11 +833,7 @@ async fn ca_rotation_with_an_overlap_fails_no_pod_async() {
     //    new CA alone.
     installed.reconfigure("127.0.0.1", &new_ca.pem());
     tokio::time::sleep(Duration::from_secs(2)).await;
-    stop.store(true, Ordering::Relaxed);
-    let results = load.await.unwrap();
-    assert!(results.len() >= 20, "only {} Pods created", results.len());
-    assert_all_rewritten(&results);
-    assert_eq!(failed_open(cp, "enforce.detour.dev"), before);
+    load.finish().await;
     let stored = cp.get(&["mutatingwebhookconfiguration", "detour"]);
     assert_eq!(
         stored["webhooks"][0]["clientConfig"]["caBundle"],
@@ -895,7 +868,7 @@ async fn a_burst_of_1000_pods_from_16_clients_is_all_rewritten_async() {
     .await;
     let took = started.elapsed();
     assert_eq!(results.len(), 1000);
-    assert_all_rewritten(&results);
+    assert_all_rewritten(&results, PAUSE_MIRRORED);
     assert_eq!(failed_open(cp, "enforce.detour.dev"), before);
     // What the apiserver stored, read back in one list.
     let stored = cp.get(&["-n", ns, "pods"]);

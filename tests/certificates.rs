@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use common::kube::{
-    control_plane, create_pods, serial, write_kubeconfig, ControlPlane, Created, Installed,
+    assert_all_rewritten, control_plane, create_pods, serial, write_kubeconfig, ControlPlane,
+    Created, Installed,
 };
 use common::*;
 use serde_json::Value;
@@ -89,38 +90,6 @@ fn ca_bundles(cp: &ControlPlane) -> Vec<String> {
         .iter()
         .map(|w| decode(&w["clientConfig"]["caBundle"]))
         .collect()
-}
-
-/// The leaf certificate a server presents, if `ca_pem` verifies it.
-async fn served_leaf(port: u16, ca_pem: &str) -> Option<Vec<u8>> {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = dir.path().join("ca.crt");
-    std::fs::write(&ca, ca_pem).unwrap();
-    let client = client_trusting(&[&ca]);
-    let resp = client
-        .get(format!("https://127.0.0.1:{port}/unknown"))
-        .send()
-        .await
-        .ok()?;
-    let info = resp.extensions().get::<reqwest::tls::TlsInfo>()?;
-    Some(info.peer_certificate()?.to_vec())
-}
-
-fn leaf_of(pem: &str) -> Vec<u8> {
-    use rustls::pki_types::pem::PemObject;
-    rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
-        .next()
-        .unwrap()
-        .unwrap()
-        .to_vec()
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 /// Every request detour's ServiceAccount made after the first `skip` audit
@@ -354,18 +323,8 @@ fn renewal_and_ca_rotation_while_pods_are_created_fail_no_pod() {
         "only {} serving certificates seen",
         serving.len()
     );
-    let bad: Vec<&Created> = results
-        .iter()
-        .filter(|c| c.status != 201 || c.image != PAUSE_MIRRORED)
-        .collect();
     assert!(results.len() >= 100, "only {} Pods", results.len());
-    assert!(
-        bad.is_empty(),
-        "{} of {} Pods failed or were not rewritten: {:?}",
-        bad.len(),
-        results.len(),
-        &bad[..bad.len().min(5)]
-    );
+    assert_all_rewritten(&results, PAUSE_MIRRORED);
     let after = cp.metric(
         "apiserver_admission_webhook_fail_open_count",
         &[("name", "enforce.detour.dev")],

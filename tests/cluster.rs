@@ -23,14 +23,6 @@ fn shipped_config() -> PathBuf {
     Path::new(REPO).join("manifests/base/config.yaml")
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 /// Runs the detour binary against the control plane (its kubeconfig).
 fn detour_on(cp: &ControlPlane, args: &[&str]) -> Output {
     detour_with_kubeconfig(&cp.kubeconfig, args)

@@ -546,6 +546,21 @@ pub struct Created {
     pub latency: Duration,
 }
 
+/// Every Pod was created (201) and stored with `image`.
+pub fn assert_all_rewritten(results: &[Created], image: &str) {
+    let bad: Vec<&Created> = results
+        .iter()
+        .filter(|c| c.status != 201 || c.image != image)
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "{} of {} Pods failed or were not rewritten: {:?}",
+        bad.len(),
+        results.len(),
+        &bad[..bad.len().min(5)]
+    );
+}
+
 /// A Pod named `name` with one container running `image`.
 pub fn single_container_pod(name: &str, image: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},

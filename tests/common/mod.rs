@@ -311,3 +311,39 @@ pub fn atomic_write(dir: &Path, generation: u32, files: &[(&str, Vec<u8>)]) {
     std::os::unix::fs::symlink(&target, &tmp).unwrap();
     std::fs::rename(&tmp, dir.join("..data")).unwrap();
 }
+
+/// A runtime for tests whose bodies are async but hold a std guard (the
+/// control plane's serial() lock) outside them.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// The first certificate of a PEM text, as DER.
+pub fn leaf_of(pem: &str) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
+        .next()
+        .unwrap()
+        .unwrap()
+        .to_vec()
+}
+
+/// The certificate a TLS server on 127.0.0.1:`port` presents on a new
+/// connection, if the CAs in `ca_pem` verify it.
+pub async fn served_leaf(port: u16, ca_pem: &str) -> Option<Vec<u8>> {
+    let dir = tempfile::tempdir().ok()?;
+    let ca = dir.path().join("ca.crt");
+    std::fs::write(&ca, ca_pem).ok()?;
+    let client = client_trusting(&[&ca]);
+    let resp = client
+        .get(format!("https://127.0.0.1:{port}/unknown"))
+        .send()
+        .await
+        .ok()?;
+    let info = resp.extensions().get::<reqwest::tls::TlsInfo>()?;
+    Some(info.peer_certificate()?.to_vec())
+}
