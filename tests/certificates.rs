@@ -335,6 +335,11 @@ fn renewal_and_ca_rotation_while_pods_are_created_fail_no_pod() {
     for webhook_bundle in ca_bundles(cp) {
         assert_eq!(webhook_bundle, bundle);
     }
+    for line in a.logs().lines().chain(b.logs().lines()) {
+        if line.contains("written") || line.contains("reloaded") {
+            eprintln!("{line}");
+        }
+    }
     eprintln!(
         "{} Pods; phases {phases:?}; {} serving certificates",
         results.len(),
