@@ -28,7 +28,7 @@ pub struct RuleArgs {
     #[arg(long, global = true, env = "DETOUR_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Add a preset (repeatable, or comma-separated): daocloud, daocloud-hosts, lank8s,
-    /// aliyun, sjtu, nju, anjia0532, self-hosted=<mirror>.
+    /// aliyun, sjtu, nju, anjia0532, self-hosted=<mirror>, self-hosted-hosts=<domain>.
     #[arg(
         long = "preset",
         global = true,

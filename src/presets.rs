@@ -50,6 +50,20 @@ pub struct PresetInfo {
 
 /// The self-hosted template takes the mirror as its argument.
 pub const SELF_HOSTED: &str = "self-hosted";
+/// The host-style template (one reverse-proxy host per upstream) takes the
+/// user's domain.
+pub const SELF_HOSTED_HOSTS: &str = "self-hosted-hosts";
+
+/// Upstream registry → host label under the domain of `self-hosted-hosts`,
+/// the layout of the one-reverse-proxy-per-registry recipe.
+const HOST_STYLE_UPSTREAMS: &[(&str, &str)] = &[
+    ("docker.io", "docker"),
+    ("quay.io", "quay"),
+    ("gcr.io", "gcr"),
+    ("ghcr.io", "ghcr"),
+    ("registry.k8s.io", "k8s"),
+    ("k8s.gcr.io", "k8s-gcr"),
+];
 
 pub const PRESETS: &[PresetInfo] = &[
     PresetInfo {
@@ -115,6 +129,8 @@ pub const RETIRED: &[(&str, &str)] = &[
 pub enum PresetRef {
     Named(&'static str),
     SelfHosted(RepoPrefix),
+    /// `self-hosted-hosts=DOMAIN`: `docker.DOMAIN`, `quay.DOMAIN`, ...
+    SelfHostedHosts(String),
 }
 
 impl FromStr for PresetRef {
@@ -122,6 +138,24 @@ impl FromStr for PresetRef {
 
     fn from_str(text: &str) -> Result<Self, String> {
         let text = text.trim();
+        // Before `self-hosted`, which is a prefix of it.
+        if let Some(domain) = text.strip_prefix(SELF_HOSTED_HOSTS) {
+            let domain = domain.strip_prefix('=').filter(|d| !d.is_empty()).ok_or_else(|| {
+                format!("preset {SELF_HOSTED_HOSTS} needs your domain: {SELF_HOSTED_HOSTS}=mirror.example.com")
+            })?;
+            // Every host it makes must be a registry host with no path.
+            for (_, label) in HOST_STYLE_UPSTREAMS {
+                let host = format!("{label}.{domain}");
+                let prefix = RepoPrefix::parse(&host)
+                    .map_err(|e| format!("preset {SELF_HOSTED_HOSTS}: {e}"))?;
+                if !prefix.path.is_empty() {
+                    return Err(format!(
+                        "preset {SELF_HOSTED_HOSTS}: {domain:?} must be a domain, without a path"
+                    ));
+                }
+            }
+            return Ok(PresetRef::SelfHostedHosts(domain.to_string()));
+        }
         if let Some(mirror) = text.strip_prefix(SELF_HOSTED) {
             let mirror = mirror.strip_prefix('=').filter(|m| !m.is_empty()).ok_or_else(|| {
                 format!("preset {SELF_HOSTED} needs the mirror: {SELF_HOSTED}=harbor.example.com/mirror")
@@ -156,6 +190,7 @@ impl fmt::Display for PresetRef {
         match self {
             PresetRef::Named(n) => f.write_str(n),
             PresetRef::SelfHosted(t) => write!(f, "{SELF_HOSTED}={t}"),
+            PresetRef::SelfHostedHosts(d) => write!(f, "{SELF_HOSTED_HOSTS}={d}"),
         }
     }
 }
@@ -163,6 +198,7 @@ impl fmt::Display for PresetRef {
 fn known_names() -> String {
     let mut names: Vec<&str> = PRESETS.iter().map(|p| p.name).collect();
     names.push("self-hosted=<mirror>");
+    names.push("self-hosted-hosts=<domain>");
     names.join(", ")
 }
 
@@ -197,6 +233,22 @@ pub fn expand(preset: &PresetRef) -> Result<(Vec<Rule>, Vec<Alias>), String> {
                 mirror: Default::default(),
             };
             Ok((vec![rule], vec![]))
+        }
+        PresetRef::SelfHostedHosts(domain) => {
+            // Written in the rule schema, so the same validation applies.
+            let mut yaml = String::from("rules:\n");
+            for (upstream, label) in HOST_STYLE_UPSTREAMS {
+                yaml.push_str(&format!(
+                    "  - {{name: {upstream}, source: {upstream}, kind: host, target: {label}.{domain}}}\n"
+                ));
+            }
+            let (mut rules, aliases) = crate::config::parse_rule_specs(&yaml)
+                .map_err(|e| format!("preset {SELF_HOSTED_HOSTS}={domain}: {e}"))?;
+            for rule in &mut rules {
+                rule.origin = RuleOrigin::Preset(SELF_HOSTED_HOSTS);
+                rule.name = format!("{SELF_HOSTED_HOSTS}={domain}/{}", rule.name);
+            }
+            Ok((rules, aliases))
         }
     }
 }

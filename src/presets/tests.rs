@@ -205,3 +205,56 @@ fn retired_and_unknown_presets_are_refused_by_name() {
         "self-hosted=h.example/m"
     );
 }
+
+#[test]
+fn aliyun_treats_frozen_k8s_gcr_io_like_registry_k8s_io() {
+    // k8s.gcr.io redirects to registry.k8s.io: every repository the preset
+    // allows or renames under one is rewritten the same under the other.
+    let yaml: serde_yaml_ng::Value = serde_yaml_ng::from_str(include_str!("aliyun.yaml")).unwrap();
+    let set = with("aliyun");
+    let registry = &yaml["rules"][0];
+    assert_eq!(registry["source"], "registry.k8s.io");
+    let allowed = registry["allow"].as_sequence().unwrap().iter();
+    let renamed = registry["renames"].as_mapping().unwrap().keys();
+    let repos: Vec<&str> = allowed
+        .chain(renamed)
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(repos.len() >= 16);
+    for repo in repos {
+        let new = format!("{repo}:v1");
+        let old = new.replace("registry.k8s.io/", "k8s.gcr.io/");
+        let expected = set.rewrite(&new).rewritten();
+        assert!(expected.is_some(), "{new}");
+        assert_eq!(set.rewrite(&old).rewritten(), expected, "{old}");
+    }
+}
+
+#[test]
+fn host_style_self_hosted_names_one_host_per_upstream() {
+    check(
+        "self-hosted-hosts=xxx.com",
+        &[
+            ("nginx:alpine", Some("docker.xxx.com/library/nginx:alpine")),
+            (
+                "quay.io/coreos/kube-state-metrics:v1.5.0",
+                Some("quay.xxx.com/coreos/kube-state-metrics:v1.5.0"),
+            ),
+            (
+                "gcr.io/google-containers/etcd:3.2.24",
+                Some("gcr.xxx.com/google-containers/etcd:3.2.24"),
+            ),
+            ("registry.k8s.io/pause:3.9", Some("k8s.xxx.com/pause:3.9")),
+            ("k8s.gcr.io/pause:3.1", Some("k8s-gcr.xxx.com/pause:3.1")),
+            ("ghcr.io/a/b:1", Some("ghcr.xxx.com/a/b:1")),
+            ("registry.example.org/a:1", None),
+        ],
+    );
+    assert_eq!(
+        "self-hosted-hosts=xxx.com"
+            .parse::<PresetRef>()
+            .unwrap()
+            .to_string(),
+        "self-hosted-hosts=xxx.com"
+    );
+}
