@@ -109,6 +109,15 @@ pub struct RegistryArgs {
     /// Permit loopback registry addresses.
     #[arg(long)]
     pub allow_loopback: bool,
+    /// Forward proxy for every registry (default: HTTPS_PROXY/HTTP_PROXY/NO_PROXY).
+    #[arg(long, value_name = "URL")]
+    pub proxy: Option<String>,
+    /// Hosts reached without the proxy (as NO_PROXY; repeatable).
+    #[arg(long, value_name = "HOST")]
+    pub no_proxy: Vec<String>,
+    /// A file with user:password for the proxy.
+    #[arg(long, value_name = "FILE")]
+    pub proxy_credentials: Option<PathBuf>,
     /// Retries after connection errors, 5xx and 429.
     #[arg(long, value_name = "N")]
     pub retries: Option<u32>,

@@ -98,6 +98,16 @@ pub struct MirrorSettings {
     /// cloud metadata addresses, which are always refused).
     #[serde(default)]
     pub allow_loopback: bool,
+    /// A forward proxy for every registry (`http://host:port`); without it,
+    /// `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY` from the environment.
+    #[serde(default)]
+    pub proxy: Option<String>,
+    /// Hosts reached without `proxy` (as `NO_PROXY`).
+    #[serde(default)]
+    pub no_proxy: Vec<String>,
+    /// A file with `user:password` for the proxy.
+    #[serde(default)]
+    pub proxy_credentials: Option<std::path::PathBuf>,
     /// Copy only these platforms of multi-platform images. The copied index
     /// then has another digest, so digest-pinned images are not swapped to it.
     #[serde(default)]

@@ -121,6 +121,13 @@ pub fn registry_settings(args: &RegistryArgs, config: &Config) -> MirrorSettings
     s.ca_files.extend(args.ca_file.iter().cloned());
     s.plain_http.extend(args.plain_http.iter().cloned());
     s.allow_loopback |= args.allow_loopback;
+    if let Some(proxy) = &args.proxy {
+        s.proxy = Some(proxy.clone());
+    }
+    s.no_proxy.extend(args.no_proxy.iter().cloned());
+    if let Some(file) = &args.proxy_credentials {
+        s.proxy_credentials = Some(file.clone());
+    }
     if let Some(n) = args.retries {
         s.retries = n;
     }

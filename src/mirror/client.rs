@@ -47,6 +47,8 @@ pub struct ClientSettings {
     pub request_timeout: Duration,
     /// Retries after connection errors, 5xx and 429.
     pub retries: u32,
+    /// Forward proxies, and which registries bypass them.
+    pub proxy: super::proxy::ProxySettings,
 }
 
 impl Default for ClientSettings {
@@ -58,6 +60,7 @@ impl Default for ClientSettings {
             policy: AddressPolicy::default(),
             request_timeout: Duration::from_secs(30),
             retries: 4,
+            proxy: Default::default(),
         }
     }
 }
@@ -179,9 +182,23 @@ impl RegistryClient {
                 attempt.follow()
             }
         });
-        let http = reqwest::Client::builder()
+        // Proxies from the settings only (which read the environment once,
+        // in one place), so that the guard knows which requests go through one.
+        let mut builder = reqwest::Client::builder().no_proxy();
+        if !settings.proxy.is_empty() {
+            let routes = settings.proxy.clone();
+            let mut proxy = reqwest::Proxy::custom(move |url| routes.proxy_for(url).cloned());
+            if let Some((user, password)) = &settings.proxy.auth {
+                proxy = proxy.basic_auth(user, password);
+            }
+            builder = builder.proxy(proxy);
+        }
+        let http = builder
             .use_preconfigured_tls(tls)
-            .dns_resolver(GuardedResolver::shared(settings.policy))
+            .dns_resolver(GuardedResolver::shared(
+                settings.policy,
+                settings.proxy.proxy_hosts(),
+            ))
             .redirect(redirects)
             .connect_timeout(settings.request_timeout.min(Duration::from_secs(10)))
             .read_timeout(settings.request_timeout)
@@ -229,6 +246,21 @@ impl RegistryClient {
             .map_err(|e| MirrorError::Invalid(format!("{repo}: {e}")))
     }
 
+    /// A request that a proxy will carry is checked here, since the proxy,
+    /// not detour's guarded resolver, resolves its host.
+    async fn guard_proxied(&self, url: &Url) -> Result<(), MirrorError> {
+        if self.settings.proxy.proxy_for(url).is_none() {
+            return Ok(());
+        }
+        let host = url.host_str().unwrap_or_default();
+        let port = url.port_or_known_default().unwrap_or(443);
+        self.settings
+            .policy
+            .check_proxied_target(host, port)
+            .await
+            .map_err(|why| MirrorError::Refused(format!("{host} (through the proxy): {why}")))
+    }
+
     /// Adds the cached `Authorization` to a request sent without [`Self::send`].
     fn with_cached_auth(&self, request: RequestBuilder, access: &Access) -> RequestBuilder {
         match self.cached_auth(access) {
@@ -269,7 +301,9 @@ impl RegistryClient {
             if let Some(header) = &sent {
                 request = request.header(AUTHORIZATION, header.clone());
             }
-            let delay = match request.send().await {
+            let request = request.build().map_err(|e| MirrorError::transport(op, e))?;
+            self.guard_proxied(request.url()).await?;
+            let delay = match self.http.execute(request).await {
                 Err(e) => {
                     if attempt >= self.settings.retries || !transient_transport(&e) {
                         return Err(MirrorError::transport(op, e));
@@ -348,6 +382,7 @@ impl RegistryClient {
                     .policy
                     .check_host(url.host_str().unwrap_or_default())
                     .map_err(|why| MirrorError::Refused(format!("token realm: {why}")))?;
+                self.guard_proxied(&url).await?;
                 let mut scopes = access.scopes();
                 if let Some(s) = scope {
                     if !scopes.contains(&s) {
@@ -570,6 +605,7 @@ impl RegistryClient {
         body: reqwest::Body,
     ) -> Result<Url, MirrorError> {
         let op = format!("PATCH upload {repo}");
+        self.guard_proxied(&session).await?;
         let request = self.http.patch(session);
         let response = self
             .with_cached_auth(request, &Access::push(repo))

@@ -14,6 +14,7 @@ pub mod copy;
 pub mod digest;
 pub mod manifest;
 pub mod presence;
+pub mod proxy;
 pub mod queue;
 pub mod runtime;
 pub mod safety;
@@ -149,7 +150,26 @@ pub fn client_for(
         },
         request_timeout: settings.request_timeout.0,
         retries: settings.retries,
+        proxy: proxy_settings(settings).map_err(MirrorError::Invalid)?,
     })
+}
+
+/// `mirror.proxy` when set, else the environment's proxies.
+fn proxy_settings(
+    settings: &crate::config::MirrorSettings,
+) -> Result<proxy::ProxySettings, String> {
+    match &settings.proxy {
+        Some(url) => proxy::ProxySettings::configured(
+            url,
+            &settings.no_proxy,
+            settings.proxy_credentials.as_deref(),
+        ),
+        None => {
+            let mut from_env = proxy::ProxySettings::from_env()?;
+            from_env.no_proxy.extend(settings.no_proxy.iter().cloned());
+            Ok(from_env)
+        }
+    }
 }
 
 /// Copy options from the `mirror:` settings.

@@ -81,19 +81,51 @@ impl AddressPolicy {
     }
 }
 
+impl AddressPolicy {
+    /// A registry reached through a forward proxy: the proxy resolves its
+    /// name, so detour checks first. An IP literal is checked as such; a name
+    /// that resolves here to any refused address is refused; a name that
+    /// does not resolve here (common behind a proxy) is left to the proxy.
+    pub async fn check_proxied_target(&self, host: &str, port: u16) -> Result<(), String> {
+        self.check_host(host)?;
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        if bare.parse::<IpAddr>().is_ok() {
+            return Ok(());
+        }
+        let Ok(found) = tokio::net::lookup_host((bare, port)).await else {
+            return Ok(());
+        };
+        for address in found {
+            if let Some(why) = self.refusal(address.ip()) {
+                return Err(format!("{host} resolves to {}, {why}", address.ip()));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Resolves names with the system resolver and drops refused addresses.
 #[derive(Debug, Clone)]
 pub struct GuardedResolver {
     pub policy: AddressPolicy,
+    /// Configured proxies: infrastructure, allowed wherever they are.
+    pub exempt: Vec<String>,
 }
 
 impl Resolve for GuardedResolver {
     fn resolve(&self, name: Name) -> Resolving {
         let policy = self.policy;
+        let exempt = self
+            .exempt
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case(name.as_str()));
         Box::pin(async move {
             let host = name.as_str().to_string();
             let found: Vec<SocketAddr> =
                 tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            if exempt {
+                return Ok(Box::new(found.into_iter()) as Addrs);
+            }
             let mut refused = None;
             let allowed: Vec<SocketAddr> = found
                 .into_iter()
@@ -115,8 +147,8 @@ impl Resolve for GuardedResolver {
 }
 
 impl GuardedResolver {
-    pub fn shared(policy: AddressPolicy) -> Arc<Self> {
-        Arc::new(GuardedResolver { policy })
+    pub fn shared(policy: AddressPolicy, exempt: Vec<String>) -> Arc<Self> {
+        Arc::new(GuardedResolver { policy, exempt })
     }
 }
 
@@ -153,9 +185,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn proxied_targets_are_checked_here_and_proxies_are_exempt() {
+        let strict = AddressPolicy::default();
+        assert!(strict
+            .check_proxied_target("169.254.169.254", 80)
+            .await
+            .is_err());
+        assert!(strict
+            .check_proxied_target("[fd00:ec2::254]", 443)
+            .await
+            .is_err());
+        let err = strict
+            .check_proxied_target("localhost", 443)
+            .await
+            .unwrap_err();
+        assert!(err.contains("resolves to"), "{err}");
+        // Not resolvable here: the proxy resolves it.
+        assert!(strict
+            .check_proxied_target("registry.invalid", 443)
+            .await
+            .is_ok());
+        let proxy_on_loopback = GuardedResolver {
+            policy: strict,
+            exempt: vec!["localhost".into()],
+        };
+        assert!(proxy_on_loopback
+            .resolve("localhost".parse().unwrap())
+            .await
+            .is_ok());
+    }
+
+    #[tokio::test]
     async fn the_resolver_drops_refused_addresses() {
         let resolver = GuardedResolver {
             policy: AddressPolicy::default(),
+            exempt: vec![],
         };
         let err = match resolver.resolve("localhost".parse().unwrap()).await {
             Err(e) => e.to_string(),
@@ -166,6 +230,7 @@ mod tests {
             policy: AddressPolicy {
                 allow_loopback: true,
             },
+            exempt: vec![],
         };
         let addrs: Vec<_> = loose
             .resolve("localhost".parse().unwrap())
