@@ -37,8 +37,14 @@ pub struct ControlPlane {
 
 /// The control plane of this test binary, started by the first caller.
 pub fn control_plane() -> &'static ControlPlane {
+    control_plane_with(&[])
+}
+
+/// The same, started with extra kube-apiserver flags (a test binary that
+/// needs them calls only this; the first caller's flags win).
+pub fn control_plane_with(extra: &[&str]) -> &'static ControlPlane {
     static PLANE: OnceLock<ControlPlane> = OnceLock::new();
-    PLANE.get_or_init(ControlPlane::start)
+    PLANE.get_or_init(|| ControlPlane::start(extra))
 }
 
 /// Tests that change cluster-scoped objects (webhook configurations) take
@@ -130,7 +136,7 @@ rules:
 "#;
 
 impl ControlPlane {
-    fn start() -> ControlPlane {
+    fn start(extra: &[&str]) -> ControlPlane {
         let bin = binaries();
         let dir = run_dir();
         let etcd = start_etcd(&bin, &dir);
@@ -173,6 +179,7 @@ impl ControlPlane {
             format!("--cert-dir={}", path("apiserver-generated")),
             "--profiling=false".into(),
         ])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&apiserver_log).unwrap());
         let mut apiserver = spawn_tied(cmd);
