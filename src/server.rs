@@ -341,7 +341,15 @@ pub async fn run(opts: ServeOptions) -> Result<(), ServeError> {
                 .await
                 .map_err(|e| ServeError::Managed(e.to_string()))?;
             let manager = crate::managed_certs::ManagedCerts::new(client, setup.options.clone());
-            let synced = manager.first_sync().await;
+            let synced = tokio::select! {
+                synced = manager.first_sync() => synced,
+                // Asked to stop before there was a certificate to serve.
+                _ = shutdown_signal() => {
+                    admin_stop.notify_one();
+                    let _ = admin_task.await;
+                    return Ok(());
+                }
+            };
             Some((manager, synced.serving))
         }
         None => None,

@@ -346,3 +346,69 @@ fn renewal_and_ca_rotation_while_pods_are_created_fail_no_pod() {
         serving.len()
     );
 }
+
+#[test]
+fn without_the_api_detour_is_live_but_not_ready_and_stops_on_sigterm() {
+    // The kubeconfig points where nothing listens: the first sync keeps
+    // failing, so there is no certificate to serve yet.
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("dead.kubeconfig");
+    let ca = dir.path().join("ca.crt");
+    std::fs::write(
+        &ca,
+        detour::certs::CertificateAuthority::generate(1)
+            .unwrap()
+            .pem(),
+    )
+    .unwrap();
+    write_kubeconfig(&kubeconfig, free_port(), &ca, "token");
+    let admin = free_port();
+    let log = dir.path().join("detour.log");
+    let config = shipped_config();
+    let mut child = std::process::Command::new(BIN)
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "serve",
+            "--manage-certs",
+        ])
+        .args(["--kubeconfig", kubeconfig.to_str().unwrap()])
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+        .args(["--cert-sync-interval", "1s", "--shutdown-delay", "100ms"])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !matches!(http_get(admin, "/livez"), Ok((200, _))) {
+        assert!(
+            Instant::now() < deadline,
+            "no /livez: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(http_get(admin, "/readyz").unwrap().0, 503);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("cannot set up the managed certificates; retrying")
+    {
+        assert!(Instant::now() < deadline, "no retry logged");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(http_get(admin, "/readyz").unwrap().0, 503);
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "detour did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+}
