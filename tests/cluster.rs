@@ -477,6 +477,38 @@ fn unreachable_clusters_and_refused_namespaces_are_reported_not_panicked() {
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 
+    // --context picks a context other than the current one.
+    let two = dir.path().join("two-contexts");
+    std::fs::write(
+        &two,
+        format!(
+            "apiVersion: v1\nkind: Config\n\
+             clusters:\n\
+             - {{name: dead, cluster: {{server: 'https://127.0.0.1:{}', certificate-authority: '{ca}'}}}}\n\
+             - {{name: e2e, cluster: {{server: 'https://127.0.0.1:{}', certificate-authority: '{ca}'}}}}\n\
+             users: [{{name: admin, user: {{token: '{}'}}}}]\n\
+             contexts:\n\
+             - {{name: dead, context: {{cluster: dead, user: admin}}}}\n\
+             - {{name: e2e, context: {{cluster: e2e, user: admin}}}}\n\
+             current-context: dead\n",
+            free_port(),
+            cp.port,
+            cp.token,
+            ca = cp.ca.display()
+        ),
+    )
+    .unwrap();
+    assert_eq!(
+        detour_with_kubeconfig(&two, &["audit"]).status.code(),
+        Some(2)
+    );
+    let out = detour_with_kubeconfig(&two, &["audit", "--context", "e2e", "-n", "kube-system"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // A wrong token.
     let wrong = dir.path().join("wrong");
     write_kubeconfig(&wrong, cp.port, &cp.ca, "no-such-token");
