@@ -63,7 +63,8 @@ pub struct MirrorArgs {
     /// Images to copy. Each goes where the config's rules rewrite it, or to --to.
     #[arg(value_name = "SRC")]
     pub images: Vec<String>,
-    /// Destination for a single image (a repository, with or without a tag).
+    /// Destination for a single image (a repository, with or without a tag), or
+    /// `oci:DIR`: an OCI image layout that takes every image, named as written.
     #[arg(long, value_name = "DST")]
     pub to: Option<String>,
     /// A file of images, one per line (`#` comments and blank lines ignored).

@@ -14,11 +14,36 @@ use crate::mirror::{self, Copier, CopyReport, Observer};
 use crate::reference::Reference;
 use crate::rules::Outcome;
 
+/// Where one image goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    Registry(Reference),
+    /// Into the `--to oci:DIR` layout, under this name.
+    Layout(String),
+}
+
+impl std::fmt::Display for Destination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Destination::Registry(r) => write!(f, "{r}"),
+            Destination::Layout(name) => write!(f, "oci layout: {name}"),
+        }
+    }
+}
+
 /// One planned copy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CopyJob {
     pub source: Reference,
-    pub destination: Reference,
+    pub destination: Destination,
+}
+
+/// `--to oci:DIR`: the layout directory.
+fn layout_dir(args: &MirrorArgs) -> Option<&std::path::Path> {
+    args.to
+        .as_deref()
+        .and_then(|t| t.strip_prefix("oci:"))
+        .map(std::path::Path::new)
 }
 
 /// Lists larger than this are refused.
@@ -65,7 +90,20 @@ pub fn plan(
     for (from, to) in from_cluster {
         jobs.push(job(from, to)?);
     }
-    if let Some(to) = &args.to {
+    if layout_dir(args).is_some() {
+        // Every image goes into the layout, named as written.
+        let mut named: Vec<String> = sources;
+        named.extend(jobs.iter().map(|j| j.source.to_string()));
+        let mut layout_jobs = Vec::new();
+        for source in named {
+            let reference = Reference::parse(&source).map_err(|e| format!("{source:?}: {e}"))?;
+            layout_jobs.push(CopyJob {
+                destination: Destination::Layout(source),
+                source: reference,
+            });
+        }
+        jobs = layout_jobs;
+    } else if let Some(to) = &args.to {
         if sources.len() != 1 || !jobs.is_empty() {
             return Err("--to takes exactly one source image".into());
         }
@@ -98,7 +136,9 @@ pub fn plan(
 fn job(source: &str, destination: &str) -> Result<CopyJob, String> {
     Ok(CopyJob {
         source: Reference::parse(source).map_err(|e| format!("{source:?}: {e}"))?,
-        destination: Reference::parse(destination).map_err(|e| format!("{destination:?}: {e}"))?,
+        destination: Destination::Registry(
+            Reference::parse(destination).map_err(|e| format!("{destination:?}: {e}"))?,
+        ),
     })
 }
 
@@ -156,6 +196,10 @@ pub async fn run(args: &MirrorArgs, config: &Config, out: &mut dyn Write) -> Res
         Vec::new()
     };
     let jobs = plan(args, config, &from_cluster)?;
+    let layout = match layout_dir(args) {
+        Some(dir) => Some(crate::mirror::layout::OciLayout::open(dir).map_err(|e| e.to_string())?),
+        None => None,
+    };
     let settings = settings(args, config);
     let client = mirror::client_for(&settings).map_err(|e| e.to_string())?;
     let copier = Copier::new(client, mirror::copy_options(&settings));
@@ -180,9 +224,17 @@ pub async fn run(args: &MirrorArgs, config: &Config, out: &mut dyn Write) -> Res
     for job in &jobs {
         bar.set_message(job.source.to_string());
         let one = Instant::now();
-        let result = copier
-            .copy(&job.source, &job.destination, observer.clone())
-            .await;
+        let result = match (&job.destination, &layout) {
+            (Destination::Registry(to), _) => copier.copy(&job.source, to, observer.clone()).await,
+            (Destination::Layout(name), Some(layout)) => {
+                copier
+                    .copy_to_layout(&job.source, layout, name, observer.clone())
+                    .await
+            }
+            (Destination::Layout(_), None) => Err(crate::mirror::MirrorError::Invalid(
+                "no layout directory".into(),
+            )),
+        };
         let seconds = one.elapsed().as_secs_f64();
         match (&result, args.output) {
             (Ok(report), OutputFormat::Json) => {

@@ -493,3 +493,138 @@ async fn a_docker_manifest_list_is_copied_with_its_digest() {
         arm.digest()
     );
 }
+
+#[tokio::test]
+async fn images_go_into_an_oci_layout_that_skopeo_reads_and_pushes() {
+    let source = Registry::start(RegistryOptions::default());
+    let dest = Registry::start(RegistryOptions::default());
+    let amd = Image::new(false, &[100_000, 2_000], 31);
+    let arm = Image::new(false, &[120_000], 32);
+    let index = source
+        .push_index(
+            "lib/tool",
+            "1.0",
+            &[("linux/amd64", &amd), ("linux/arm64/v8", &arm)],
+        )
+        .await;
+    // A second image shares the amd64 image's first layer.
+    let shared = amd.blobs().nth(1).unwrap().clone();
+    let app = Image::from_layers(false, vec![shared, random_bytes(30_000, 33)], 34);
+    source.push_image("team/app", "2", &app).await;
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("layout");
+    let to = format!("oci:{}", layout.display());
+    let tool = format!("{}/lib/tool:1.0", source.host());
+    let app_ref = format!("{}/team/app:2", source.host());
+    let flags = plain(&[&source, &dest]);
+    let (ok, reports, stderr) = mirror(&args(&[&tool, &app_ref, "--to", &to], &flags), &[]);
+    assert!(ok, "{stderr}");
+    assert_eq!(reports.len(), 2);
+    assert_eq!(reports[0]["digest"], sha256(&index));
+    assert_eq!(reports[1]["digest"], app.digest());
+    // Shared blobs once: every file under blobs/ is a distinct digest, and
+    // the count is what the two images hold together.
+    let files = std::fs::read_dir(layout.join("blobs/sha256"))
+        .unwrap()
+        .count();
+    let mut distinct: std::collections::HashSet<String> = std::collections::HashSet::new();
+    for image in [&amd, &arm, &app] {
+        distinct.extend(image.blobs().map(|b| sha256(b)));
+        distinct.insert(image.digest());
+    }
+    distinct.insert(sha256(&index));
+    assert_eq!(files, distinct.len());
+    let index_json: Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let names: Vec<&str> = index_json["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            m["annotations"]["org.opencontainers.image.ref.name"]
+                .as_str()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(names, vec![tool.as_str(), app_ref.as_str()]);
+
+    // skopeo reads the layout: the same bytes, and it pushes them on with
+    // every platform and the same digests.
+    for (name, digest) in [(&tool, sha256(&index)), (&app_ref, app.digest())] {
+        let raw = std::process::Command::new("skopeo")
+            .args(["inspect", "--raw"])
+            .arg(format!("oci:{}:{name}", layout.display()))
+            .output()
+            .unwrap();
+        assert!(
+            raw.status.success(),
+            "{}",
+            String::from_utf8_lossy(&raw.stderr)
+        );
+        assert_eq!(sha256(&raw.stdout), digest);
+    }
+    let copied = std::process::Command::new("skopeo")
+        .args([
+            "copy",
+            "--all",
+            "--preserve-digests",
+            "--dest-tls-verify=false",
+        ])
+        .arg(format!("oci:{}:{tool}", layout.display()))
+        .arg(format!("docker://{}/carried/tool:1.0", dest.host()))
+        .output()
+        .unwrap();
+    assert!(
+        copied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&copied.stderr)
+    );
+    assert_eq!(skopeo_digest(&dest, "carried/tool:1.0"), sha256(&index));
+
+    // Again: nothing new to write.
+    let (ok, reports, stderr) = mirror(&args(&[&tool, "--to", &to], &flags), &[]);
+    assert!(ok, "{stderr}");
+    assert_eq!(reports[0]["blobsCopied"], 0);
+    assert_eq!(reports[0]["manifestsCopied"], 0);
+}
+
+#[tokio::test]
+async fn a_corrupt_blob_never_lands_in_an_oci_layout_and_names_nothing() {
+    let source = Registry::start(RegistryOptions::default());
+    let image = Image::new(false, &[60_000, 3_000], 41);
+    source.push_image("app", "v1", &image).await;
+    let layer = sha256(&image.layers[0]);
+    let path = source.blob_file(&layer);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[100] ^= 0xff;
+    std::fs::write(&path, bytes).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("layout");
+    let flags = plain(&[&source]);
+    let (ok, reports, _) = mirror(
+        &args(
+            &[
+                &format!("{}/app:v1", source.host()),
+                "--to",
+                &format!("oci:{}", layout.display()),
+                "--retries",
+                "0",
+            ],
+            &flags,
+        ),
+        &[],
+    );
+    assert!(!ok);
+    let error = reports[0]["error"].as_str().unwrap();
+    assert!(error.contains("digest mismatch"), "{error}");
+    // No file under the corrupt blob's name, no partial file, no name.
+    let hex = layer.trim_start_matches("sha256:");
+    let blobs: Vec<String> = std::fs::read_dir(layout.join("blobs/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!blobs.iter().any(|b| b.contains(hex)), "{blobs:?}");
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    assert_eq!(index["manifests"], serde_json::json!([]));
+}

@@ -14,6 +14,7 @@ use futures_util::{StreamExt, TryStreamExt};
 
 use super::client::{backoff, ManifestBytes, RegistryClient, Repo, UploadStart};
 use super::digest::Hasher;
+use super::layout::OciLayout;
 use super::manifest::{self, ManifestKind, PlatformFilter, Target};
 use super::MirrorError;
 use crate::reference::Reference;
@@ -87,6 +88,21 @@ enum BlobOutcome {
     Mounted,
 }
 
+impl CopyReport {
+    fn count(&mut self, outcomes: Vec<BlobOutcome>) {
+        for outcome in outcomes {
+            match outcome {
+                BlobOutcome::Copied(n) => {
+                    self.blobs_copied += 1;
+                    self.bytes_copied += n;
+                }
+                BlobOutcome::Skipped => self.blobs_skipped += 1,
+                BlobOutcome::Mounted => self.blobs_mounted += 1,
+            }
+        }
+    }
+}
+
 pub struct Copier {
     client: Arc<RegistryClient>,
     options: CopyOptions,
@@ -132,22 +148,8 @@ impl Copier {
             destination: destination.to_string(),
             ..CopyReport::default()
         };
-        let mut top = self.client.get_manifest(&src, &src_ref).await?;
-        let mut children: Vec<Target> = Vec::new();
-        if manifest::kind(&top.media_type) == Some(ManifestKind::Index) {
-            children = manifest::children(&top.bytes)?;
-            if let Some(manifest::FilteredIndex { bytes, kept }) =
-                manifest::filter_index(&top.bytes, &children, &self.options.platforms)?
-            {
-                report.platforms_dropped = (children.len() - kept.len()) as u64;
-                children = kept;
-                top = ManifestBytes {
-                    digest: super::digest::digest_of(&bytes, None)?,
-                    media_type: top.media_type,
-                    bytes: bytes.into(),
-                };
-            }
-        }
+        let (top, children, dropped) = self.fetch_top(&src, &src_ref).await?;
+        report.platforms_dropped = dropped;
         if let Some(expected) = destination.digest() {
             if expected != top.digest {
                 return Err(MirrorError::Invalid(format!(
@@ -195,13 +197,7 @@ impl Copier {
                 report.manifests_skipped += 1;
                 continue;
             }
-            let m = self.client.get_manifest(&src, &child.digest).await?;
-            if manifest::kind(&m.media_type) != Some(ManifestKind::Image) {
-                return Err(MirrorError::Unsupported(format!(
-                    "{source}: nested index {} is not supported",
-                    child.digest
-                )));
-            }
+            let m = self.image_manifest(source, &src, &child.digest).await?;
             push_blobs(manifest::blobs(&m.bytes)?, &mut blobs);
             child_manifests.push(m);
         }
@@ -217,16 +213,7 @@ impl Copier {
             .buffer_unordered(concurrency)
             .try_collect()
             .await?;
-        for outcome in outcomes {
-            match outcome {
-                BlobOutcome::Copied(n) => {
-                    report.blobs_copied += 1;
-                    report.bytes_copied += n;
-                }
-                BlobOutcome::Skipped => report.blobs_skipped += 1,
-                BlobOutcome::Mounted => report.blobs_mounted += 1,
-            }
-        }
+        report.count(outcomes);
         for m in &child_manifests {
             self.client.put_manifest(&dst, &m.digest, m).await?;
             report.manifests_copied += 1;
@@ -235,6 +222,141 @@ impl Copier {
         report.manifests_copied += 1;
         self.tag(&dst, tag.as_deref(), &top).await?;
         Ok(report)
+    }
+
+    /// A child manifest of an index; nested indexes are not supported.
+    async fn image_manifest(
+        &self,
+        source: &Reference,
+        src: &Repo,
+        digest: &str,
+    ) -> Result<ManifestBytes, MirrorError> {
+        let m = self.client.get_manifest(src, digest).await?;
+        if manifest::kind(&m.media_type) != Some(ManifestKind::Image) {
+            return Err(MirrorError::Unsupported(format!(
+                "{source}: nested index {digest} is not supported"
+            )));
+        }
+        Ok(m)
+    }
+
+    /// The top manifest (an index filtered by the platforms, if any) and
+    /// its child entries; how many platforms the filter left out.
+    async fn fetch_top(
+        &self,
+        src: &Repo,
+        src_ref: &str,
+    ) -> Result<(ManifestBytes, Vec<Target>, u64), MirrorError> {
+        let mut top = self.client.get_manifest(src, src_ref).await?;
+        let mut children: Vec<Target> = Vec::new();
+        let mut dropped = 0;
+        if manifest::kind(&top.media_type) == Some(ManifestKind::Index) {
+            children = manifest::children(&top.bytes)?;
+            if let Some(manifest::FilteredIndex { bytes, kept }) =
+                manifest::filter_index(&top.bytes, &children, &self.options.platforms)?
+            {
+                dropped = (children.len() - kept.len()) as u64;
+                children = kept;
+                top = ManifestBytes {
+                    digest: super::digest::digest_of(&bytes, None)?,
+                    media_type: top.media_type,
+                    bytes: bytes.into(),
+                };
+            }
+        }
+        Ok((top, children, dropped))
+    }
+
+    /// Copies `source` into an OCI image layout under `name` (its
+    /// `org.opencontainers.image.ref.name`): blobs, then child manifests,
+    /// then the top manifest, then the name in `index.json`, so an
+    /// interrupted copy names nothing incomplete.
+    pub async fn copy_to_layout(
+        &self,
+        source: &Reference,
+        layout: &OciLayout,
+        name: &str,
+        observer: Arc<dyn Observer>,
+    ) -> Result<CopyReport, MirrorError> {
+        let src = Repo::of(source);
+        let src_ref = source.digest().or(source.tag()).unwrap_or("latest");
+        let (top, children, dropped) = self.fetch_top(&src, src_ref).await?;
+        let mut report = CopyReport {
+            source: source.to_string(),
+            destination: name.to_string(),
+            digest: top.digest.clone(),
+            platforms_dropped: dropped,
+            ..CopyReport::default()
+        };
+        let mut child_manifests = Vec::new();
+        let mut blobs: Vec<Target> = Vec::new();
+        let mut seen = HashSet::new();
+        if children.is_empty() {
+            blobs.extend(manifest::blobs(&top.bytes)?);
+        }
+        for child in &children {
+            // A stored manifest was written after all of its blobs.
+            if layout.has_blob(&child.digest)? {
+                report.manifests_skipped += 1;
+                continue;
+            }
+            let m = self.image_manifest(source, &src, &child.digest).await?;
+            blobs.extend(manifest::blobs(&m.bytes)?);
+            child_manifests.push(m);
+        }
+        blobs.retain(|b| seen.insert(b.digest.clone()));
+        let copies: Vec<_> = blobs
+            .iter()
+            .map(|blob| self.blob_to_layout(&src, layout, blob, observer.clone()))
+            .collect();
+        let outcomes: Vec<BlobOutcome> = futures_util::stream::iter(copies)
+            .buffer_unordered(self.options.blob_concurrency.max(1))
+            .try_collect()
+            .await?;
+        report.count(outcomes);
+        for m in child_manifests.iter().chain([&top]) {
+            if layout.has_blob(&m.digest)? {
+                report.manifests_skipped += 1;
+            } else {
+                layout.write_manifest(m).await?;
+                report.manifests_copied += 1;
+            }
+        }
+        layout.name(name, &top)?;
+        Ok(report)
+    }
+
+    async fn blob_to_layout(
+        &self,
+        src: &Repo,
+        layout: &OciLayout,
+        blob: &Target,
+        observer: Arc<dyn Observer>,
+    ) -> Result<BlobOutcome, MirrorError> {
+        if layout.has_blob(&blob.digest)? {
+            return Ok(BlobOutcome::Skipped);
+        }
+        observer.planned(blob.size);
+        let mut attempt = 0;
+        loop {
+            let result = async {
+                let response = self.client.get_blob(src, &blob.digest).await?;
+                layout
+                    .write_blob(&blob.digest, blob.size, response.bytes_stream(), |n| {
+                        observer.transferred(n)
+                    })
+                    .await
+            }
+            .await;
+            match result {
+                Ok(n) => return Ok(BlobOutcome::Copied(n)),
+                Err(e) if e.is_retryable() && attempt < self.options.retries => {
+                    tokio::time::sleep(backoff(attempt)).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     async fn tag(

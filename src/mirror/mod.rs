@@ -12,6 +12,7 @@ pub mod auth;
 pub mod client;
 pub mod copy;
 pub mod digest;
+pub mod layout;
 pub mod manifest;
 pub mod presence;
 pub mod proxy;

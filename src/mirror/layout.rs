@@ -1,0 +1,177 @@
+//! An OCI image layout directory (`oci:DIR`) as a copy destination: blobs
+//! under `blobs/<algorithm>/<hex>`, each written to a temporary file while
+//! its digest is computed and renamed into place only when it matches, and
+//! `index.json` naming each image with `org.opencontainers.image.ref.name`.
+//!
+//! Layer: adapter (files). Blobs shared between images are stored once;
+//! manifests are stored byte for byte, so digests do not change and
+//! `skopeo` and other OCI tools read the directory as any layout.
+
+use std::path::{Path, PathBuf};
+
+use futures_util::{Stream, StreamExt};
+use serde_json::{json, Value};
+use tokio::io::AsyncWriteExt;
+
+use super::client::ManifestBytes;
+use super::digest::Hasher;
+use super::MirrorError;
+
+pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
+
+pub struct OciLayout {
+    dir: PathBuf,
+}
+
+fn io(what: &Path, e: std::io::Error) -> MirrorError {
+    MirrorError::Invalid(format!("{}: {e}", what.display()))
+}
+
+impl OciLayout {
+    /// Opens a layout, creating the directory, `oci-layout` and an empty
+    /// `index.json` when they do not exist.
+    pub fn open(dir: &Path) -> Result<OciLayout, MirrorError> {
+        std::fs::create_dir_all(dir.join("blobs")).map_err(|e| io(dir, e))?;
+        let marker = dir.join("oci-layout");
+        if !marker.exists() {
+            std::fs::write(&marker, br#"{"imageLayoutVersion":"1.0.0"}"#)
+                .map_err(|e| io(&marker, e))?;
+        }
+        let index = dir.join("index.json");
+        if !index.exists() {
+            let empty = json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": []});
+            std::fs::write(&index, empty.to_string()).map_err(|e| io(&index, e))?;
+        }
+        Ok(OciLayout {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// `blobs/<algorithm>/<hex>`; a digest that is not `algorithm:hex` of
+    /// safe characters is refused, so no path can leave the layout.
+    fn blob_path(&self, digest: &str) -> Result<PathBuf, MirrorError> {
+        let (algorithm, hex) = digest
+            .split_once(':')
+            .ok_or_else(|| MirrorError::Invalid(format!("digest {digest:?}")))?;
+        let safe = |s: &str, extra: &str| {
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || extra.contains(c))
+        };
+        if !safe(algorithm, "+._-") || !safe(hex, "") {
+            return Err(MirrorError::Invalid(format!("digest {digest:?}")));
+        }
+        Ok(self.dir.join("blobs").join(algorithm).join(hex))
+    }
+
+    pub fn has_blob(&self, digest: &str) -> Result<bool, MirrorError> {
+        Ok(self.blob_path(digest)?.is_file())
+    }
+
+    /// Writes a blob from `body`, checking size and digest on the way; a
+    /// blob that does not match is deleted, never renamed into place.
+    pub async fn write_blob<S, E>(
+        &self,
+        digest: &str,
+        size: u64,
+        body: S,
+        mut on_chunk: impl FnMut(u64),
+    ) -> Result<u64, MirrorError>
+    where
+        S: Stream<Item = Result<bytes::Bytes, E>>,
+        E: std::fmt::Display,
+    {
+        let path = self.blob_path(digest)?;
+        let parent = path.parent().unwrap_or(&self.dir).to_path_buf();
+        tokio::fs::create_dir_all(&parent)
+            .await
+            .map_err(|e| io(&parent, e))?;
+        let partial = parent.join(format!(
+            ".partial-{}-{}",
+            std::process::id(),
+            path.file_name().and_then(|n| n.to_str()).unwrap_or("blob")
+        ));
+        let result = async {
+            let mut file = tokio::fs::File::create(&partial)
+                .await
+                .map_err(|e| io(&partial, e))?;
+            let mut hasher = Hasher::for_digest(digest)?;
+            let mut written = 0u64;
+            let mut body = std::pin::pin!(body);
+            while let Some(chunk) = body.next().await {
+                let chunk =
+                    chunk.map_err(|e| MirrorError::Invalid(format!("blob {digest}: {e}")))?;
+                written += chunk.len() as u64;
+                if written > size {
+                    return Err(MirrorError::Invalid(format!(
+                        "blob {digest} is larger than its descriptor ({size} bytes)"
+                    )));
+                }
+                hasher.update(&chunk);
+                file.write_all(&chunk).await.map_err(|e| io(&partial, e))?;
+                on_chunk(chunk.len() as u64);
+            }
+            file.flush().await.map_err(|e| io(&partial, e))?;
+            let actual = hasher.finish();
+            if actual != digest || written != size {
+                return Err(MirrorError::DigestMismatch {
+                    what: format!("blob {digest}"),
+                    expected: format!("{digest} ({size} bytes)"),
+                    actual: format!("{actual} ({written} bytes)"),
+                });
+            }
+            Ok(written)
+        }
+        .await;
+        match result {
+            Ok(written) => {
+                tokio::fs::rename(&partial, &path)
+                    .await
+                    .map_err(|e| io(&path, e))?;
+                Ok(written)
+            }
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&partial).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Stores a manifest as a blob (its bytes as served).
+    pub async fn write_manifest(&self, manifest: &ManifestBytes) -> Result<(), MirrorError> {
+        if self.has_blob(&manifest.digest)? {
+            return Ok(());
+        }
+        let chunk: Result<bytes::Bytes, std::io::Error> = Ok(manifest.bytes.clone());
+        self.write_blob(
+            &manifest.digest,
+            manifest.bytes.len() as u64,
+            futures_util::stream::iter([chunk]),
+            |_| {},
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Names `top` in `index.json` as `name`, replacing an earlier image of
+    /// that name. The new index is written beside and renamed over the old.
+    pub fn name(&self, name: &str, top: &ManifestBytes) -> Result<(), MirrorError> {
+        let path = self.dir.join("index.json");
+        let text = std::fs::read(&path).map_err(|e| io(&path, e))?;
+        let mut index: Value = serde_json::from_slice(&text)
+            .map_err(|e| MirrorError::Invalid(format!("{}: {e}", path.display())))?;
+        let manifests = index["manifests"].as_array_mut().ok_or_else(|| {
+            MirrorError::Invalid(format!("{}: no manifests list", path.display()))
+        })?;
+        manifests.retain(|m| m["annotations"][REF_NAME] != name);
+        manifests.push(json!({
+            "mediaType": top.media_type,
+            "digest": top.digest,
+            "size": top.bytes.len(),
+            "annotations": {REF_NAME: name},
+        }));
+        let next = self.dir.join(".index.json.next");
+        std::fs::write(&next, index.to_string()).map_err(|e| io(&next, e))?;
+        std::fs::rename(&next, &path).map_err(|e| io(&path, e))
+    }
+}
