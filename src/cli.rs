@@ -64,7 +64,8 @@ pub struct MirrorArgs {
     #[arg(value_name = "SRC")]
     pub images: Vec<String>,
     /// Destination for a single image (a repository, with or without a tag), or
-    /// `oci:DIR`: an OCI image layout that takes every image, named as written.
+    /// `oci:DIR` (an OCI image layout) or `oci-archive:FILE` (the same as one tar), which
+    /// take every image, named as written.
     #[arg(long, value_name = "DST")]
     pub to: Option<String>,
     /// A file of images, one per line (`#` comments and blank lines ignored).

@@ -38,12 +38,19 @@ pub struct CopyJob {
     pub destination: Destination,
 }
 
-/// `--to oci:DIR`: the layout directory.
-fn layout_dir(args: &MirrorArgs) -> Option<&std::path::Path> {
-    args.to
-        .as_deref()
-        .and_then(|t| t.strip_prefix("oci:"))
-        .map(std::path::Path::new)
+/// `--to oci:DIR` or `--to oci-archive:FILE`.
+enum LayoutTarget<'a> {
+    Dir(&'a std::path::Path),
+    Archive(&'a std::path::Path),
+}
+
+fn layout_target(args: &MirrorArgs) -> Option<LayoutTarget<'_>> {
+    let to = args.to.as_deref()?;
+    if let Some(file) = to.strip_prefix("oci-archive:") {
+        return Some(LayoutTarget::Archive(std::path::Path::new(file)));
+    }
+    to.strip_prefix("oci:")
+        .map(|dir| LayoutTarget::Dir(std::path::Path::new(dir)))
 }
 
 /// Lists larger than this are refused.
@@ -90,7 +97,7 @@ pub fn plan(
     for (from, to) in from_cluster {
         jobs.push(job(from, to)?);
     }
-    if layout_dir(args).is_some() {
+    if layout_target(args).is_some() {
         // Every image goes into the layout, named as written.
         let mut named: Vec<String> = sources;
         named.extend(jobs.iter().map(|j| j.source.to_string()));
@@ -196,10 +203,23 @@ pub async fn run(args: &MirrorArgs, config: &Config, out: &mut dyn Write) -> Res
         Vec::new()
     };
     let jobs = plan(args, config, &from_cluster)?;
-    let layout = match layout_dir(args) {
-        Some(dir) => Some(crate::mirror::layout::OciLayout::open(dir).map_err(|e| e.to_string())?),
-        None => None,
+    // An archive is assembled in a layout directory beside it, then packed.
+    let staging = match layout_target(args) {
+        Some(LayoutTarget::Archive(file)) => {
+            let mut name = file.as_os_str().to_owned();
+            name.push(".layout");
+            Some(std::path::PathBuf::from(name))
+        }
+        _ => None,
     };
+    let layout = match (layout_target(args), &staging) {
+        (Some(LayoutTarget::Dir(dir)), _) => Some(dir),
+        (Some(LayoutTarget::Archive(_)), Some(staging)) => Some(staging.as_path()),
+        _ => None,
+    }
+    .map(crate::mirror::layout::OciLayout::open)
+    .transpose()
+    .map_err(|e| e.to_string())?;
     let settings = settings(args, config);
     let client = mirror::client_for(&settings).map_err(|e| e.to_string())?;
     let copier = Copier::new(client, mirror::copy_options(&settings));
@@ -265,6 +285,18 @@ pub async fn run(args: &MirrorArgs, config: &Config, out: &mut dyn Write) -> Res
         }
     }
     bar.finish_and_clear();
+    if let (Some(LayoutTarget::Archive(file)), Some(layout), Some(staging)) =
+        (layout_target(args), &layout, &staging)
+    {
+        // Only a complete set of images becomes an archive.
+        let packed = if failed == 0 {
+            layout.pack(file).map_err(|e| e.to_string())
+        } else {
+            Err(format!("{failed} images failed: no archive written"))
+        };
+        let _ = std::fs::remove_dir_all(staging);
+        packed?;
+    }
     if args.output == OutputFormat::Text && jobs.len() > 1 {
         writeln!(
             out,

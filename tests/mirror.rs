@@ -628,3 +628,65 @@ async fn a_corrupt_blob_never_lands_in_an_oci_layout_and_names_nothing() {
         serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
     assert_eq!(index["manifests"], serde_json::json!([]));
 }
+
+#[tokio::test]
+async fn an_oci_archive_carries_several_images_that_skopeo_reads() {
+    let source = Registry::start(RegistryOptions::default());
+    let dest = Registry::start(RegistryOptions::default());
+    let amd = Image::new(false, &[80_000], 51);
+    let arm = Image::new(false, &[90_000], 52);
+    let index = source
+        .push_index(
+            "lib/tool",
+            "2.0",
+            &[("linux/amd64", &amd), ("linux/arm64", &arm)],
+        )
+        .await;
+    let app = Image::new(false, &[40_000, 500], 53);
+    source.push_image("team/app", "3", &app).await;
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("images.tar");
+    let tool = format!("{}/lib/tool:2.0", source.host());
+    let app_ref = format!("{}/team/app:3", source.host());
+    let flags = plain(&[&source, &dest]);
+    let to = format!("oci-archive:{}", archive.display());
+    let (ok, reports, stderr) = mirror(&args(&[&tool, &app_ref, "--to", &to], &flags), &[]);
+    assert!(ok, "{stderr}");
+    assert_eq!(reports.len(), 2);
+    // Only the archive is left beside it.
+    let left: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, vec!["images.tar".to_string()]);
+    for (name, digest) in [(&tool, sha256(&index)), (&app_ref, app.digest())] {
+        let raw = std::process::Command::new("skopeo")
+            .args(["inspect", "--raw"])
+            .arg(format!("oci-archive:{}:{name}", archive.display()))
+            .output()
+            .unwrap();
+        assert!(
+            raw.status.success(),
+            "{}",
+            String::from_utf8_lossy(&raw.stderr)
+        );
+        assert_eq!(sha256(&raw.stdout), digest);
+    }
+    let copied = std::process::Command::new("skopeo")
+        .args([
+            "copy",
+            "--all",
+            "--preserve-digests",
+            "--dest-tls-verify=false",
+        ])
+        .arg(format!("oci-archive:{}:{tool}", archive.display()))
+        .arg(format!("docker://{}/carried/tool:2.0", dest.host()))
+        .output()
+        .unwrap();
+    assert!(
+        copied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&copied.stderr)
+    );
+    assert_eq!(skopeo_digest(&dest, "carried/tool:2.0"), sha256(&index));
+}

@@ -153,6 +153,60 @@ impl OciLayout {
         .map(|_| ())
     }
 
+    /// Packs the layout into `archive` (an `oci-archive:` tar): `oci-layout`,
+    /// `index.json`, then every blob, each streamed from its file. Written
+    /// beside and renamed into place, so a failed pack leaves no archive.
+    pub fn pack(&self, archive: &Path) -> Result<(), MirrorError> {
+        let partial = archive.with_extension("partial");
+        let result = (|| {
+            let file = std::fs::File::create(&partial).map_err(|e| io(&partial, e))?;
+            let mut tar = tar::Builder::new(std::io::BufWriter::new(file));
+            let mut entries = vec!["oci-layout".to_string(), "index.json".to_string()];
+            let blobs = self.dir.join("blobs");
+            let mut found = Vec::new();
+            for algorithm in std::fs::read_dir(&blobs).map_err(|e| io(&blobs, e))? {
+                let algorithm = algorithm.map_err(|e| io(&blobs, e))?.path();
+                for blob in std::fs::read_dir(&algorithm).map_err(|e| io(&algorithm, e))? {
+                    let blob = blob.map_err(|e| io(&algorithm, e))?.path();
+                    let name = blob.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                    if name.starts_with('.') {
+                        continue; // an interrupted write
+                    }
+                    if let Ok(relative) = blob.strip_prefix(&self.dir) {
+                        found.push(relative.to_string_lossy().into_owned());
+                    }
+                }
+            }
+            found.sort();
+            entries.extend(found);
+            for entry in &entries {
+                let path = self.dir.join(entry);
+                let file = std::fs::File::open(&path).map_err(|e| io(&path, e))?;
+                let size = file.metadata().map_err(|e| io(&path, e))?.len();
+                let mut header = tar::Header::new_ustar();
+                header.set_size(size);
+                header.set_mode(0o644);
+                header.set_mtime(0);
+                header.set_entry_type(tar::EntryType::Regular);
+                tar.append_data(&mut header, entry, file)
+                    .map_err(|e| io(&path, e))?;
+            }
+            tar.into_inner()
+                .map_err(|e| io(&partial, e))?
+                .into_inner()
+                .map_err(|e| io(&partial, e.into_error()))?
+                .sync_all()
+                .map_err(|e| io(&partial, e))
+        })();
+        match result {
+            Ok(()) => std::fs::rename(&partial, archive).map_err(|e| io(archive, e)),
+            Err(e) => {
+                let _ = std::fs::remove_file(&partial);
+                Err(e)
+            }
+        }
+    }
+
     /// Names `top` in `index.json` as `name`, replacing an earlier image of
     /// that name. The new index is written beside and renamed over the old.
     pub fn name(&self, name: &str, top: &ManifestBytes) -> Result<(), MirrorError> {
