@@ -36,6 +36,59 @@ impl std::fmt::Display for Destination {
 pub struct CopyJob {
     pub source: Reference,
     pub destination: Destination,
+    /// From a source layout (its index in [`Plan::layouts`]), under this
+    /// name; `None`: from the source's registry.
+    pub from_layout: Option<(usize, String)>,
+}
+
+/// The copies, and the layouts (and unpacked archives) they read.
+pub struct Plan {
+    pub jobs: Vec<CopyJob>,
+    pub layouts: Vec<crate::mirror::layout::OciLayout>,
+    /// Archives unpacked for reading, removed when the command ends.
+    pub scratch: Vec<std::path::PathBuf>,
+}
+
+/// `oci:DIR[:NAME]` or `oci-archive:FILE[:NAME]` as a source: every image
+/// of the layout, or the one named (the name may contain ':').
+fn layout_source(text: &str, plan: &mut Plan) -> Result<Option<Vec<(usize, String)>>, String> {
+    let (archive, rest) = if let Some(rest) = text.strip_prefix("oci-archive:") {
+        (true, rest)
+    } else if let Some(rest) = text.strip_prefix("oci:") {
+        (false, rest)
+    } else {
+        return Ok(None);
+    };
+    let (path, name) = match rest.split_once(':') {
+        Some((path, name)) => (path, Some(name)),
+        None => (rest, None),
+    };
+    let path = std::path::Path::new(path);
+    let layout = if archive {
+        let dir = std::env::temp_dir().join(format!(
+            "detour-archive-{}-{}",
+            std::process::id(),
+            plan.scratch.len()
+        ));
+        plan.scratch.push(dir.clone());
+        crate::mirror::layout::OciLayout::unpack(path, &dir)
+    } else {
+        crate::mirror::layout::OciLayout::existing(path)
+    }
+    .map_err(|e| format!("{text}: {e}"))?;
+    let names: Vec<String> = layout
+        .names()
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|(n, _)| n)
+        .filter(|n| name.is_none_or(|wanted| wanted == n))
+        .collect();
+    if names.is_empty() {
+        return Err(format!("{text}: no such image in the layout"));
+    }
+    plan.layouts.push(layout);
+    let index = plan.layouts.len() - 1;
+    Ok(Some(names.into_iter().map(|n| (index, n)).collect()))
 }
 
 /// `--to oci:DIR` or `--to oci-archive:FILE`.
@@ -74,8 +127,47 @@ pub fn plan(
     args: &MirrorArgs,
     config: &Config,
     from_cluster: &[(String, String)],
+) -> Result<Plan, String> {
+    let mut plan = Plan {
+        jobs: Vec::new(),
+        layouts: Vec::new(),
+        scratch: Vec::new(),
+    };
+    let result = plan_jobs(args, config, from_cluster, &mut plan);
+    match result {
+        Ok(jobs) => {
+            plan.jobs = jobs;
+            Ok(plan)
+        }
+        Err(e) => {
+            plan.cleanup();
+            Err(e)
+        }
+    }
+}
+
+impl Plan {
+    pub fn cleanup(&self) {
+        for dir in &self.scratch {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+fn plan_jobs(
+    args: &MirrorArgs,
+    config: &Config,
+    from_cluster: &[(String, String)],
+    plan: &mut Plan,
 ) -> Result<Vec<CopyJob>, String> {
-    let mut sources: Vec<String> = args.images.clone();
+    let mut sources: Vec<String> = Vec::new();
+    let mut layout_images: Vec<(usize, String)> = Vec::new();
+    for image in &args.images {
+        match layout_source(image, plan)? {
+            Some(found) => layout_images.extend(found),
+            None => sources.push(image.clone()),
+        }
+    }
     for path in &args.list {
         let text = read_limited(path)?;
         sources.extend(
@@ -97,6 +189,32 @@ pub fn plan(
     for (from, to) in from_cluster {
         jobs.push(job(from, to)?);
     }
+    if !layout_images.is_empty() {
+        if !sources.is_empty() || !jobs.is_empty() || layout_target(args).is_some() {
+            return Err("images from a layout or archive go to registries; give them alone".into());
+        }
+        let single = layout_images.len() == 1;
+        for (index, name) in layout_images {
+            let destination = match (&args.to, single) {
+                (Some(to), true) => to.clone(),
+                (Some(_), false) => {
+                    return Err("--to takes exactly one image; the layout holds several (name one: oci:DIR:NAME)".into())
+                }
+                (None, _) => match config.rules.rewrite(&name) {
+                    Outcome::Rewritten { to, .. } => to.to_string(),
+                    _ => {
+                        return Err(format!(
+                            "{name}: no rule rewrites this image; give --to or a rule"
+                        ))
+                    }
+                },
+            };
+            let mut j = job(&name, &destination)?;
+            j.from_layout = Some((index, name));
+            jobs.push(j);
+        }
+        return Ok(jobs);
+    }
     if layout_target(args).is_some() {
         // Every image goes into the layout, named as written.
         let mut named: Vec<String> = sources;
@@ -107,6 +225,7 @@ pub fn plan(
             layout_jobs.push(CopyJob {
                 destination: Destination::Layout(source),
                 source: reference,
+                from_layout: None,
             });
         }
         jobs = layout_jobs;
@@ -146,6 +265,7 @@ fn job(source: &str, destination: &str) -> Result<CopyJob, String> {
         destination: Destination::Registry(
             Reference::parse(destination).map_err(|e| format!("{destination:?}: {e}"))?,
         ),
+        from_layout: None,
     })
 }
 
@@ -202,7 +322,19 @@ pub async fn run(args: &MirrorArgs, config: &Config, out: &mut dyn Write) -> Res
     } else {
         Vec::new()
     };
-    let jobs = plan(args, config, &from_cluster)?;
+    let plan = plan(args, config, &from_cluster)?;
+    let result = run_plan(args, config, &plan, out).await;
+    plan.cleanup();
+    result
+}
+
+async fn run_plan(
+    args: &MirrorArgs,
+    config: &Config,
+    plan: &Plan,
+    out: &mut dyn Write,
+) -> Result<i32, String> {
+    let jobs = &plan.jobs;
     // An archive is assembled in a layout directory beside it, then packed.
     let staging = match layout_target(args) {
         Some(LayoutTarget::Archive(file)) => {
@@ -241,11 +373,18 @@ pub async fn run(args: &MirrorArgs, config: &Config, out: &mut dyn Write) -> Res
     let started = Instant::now();
     let mut total = CopyReport::default();
     let mut failed = 0usize;
-    for job in &jobs {
+    for job in jobs {
         bar.set_message(job.source.to_string());
         let one = Instant::now();
         let result = match (&job.destination, &layout) {
-            (Destination::Registry(to), _) => copier.copy(&job.source, to, observer.clone()).await,
+            (Destination::Registry(to), _) => match &job.from_layout {
+                Some((index, name)) => {
+                    copier
+                        .copy_from_layout(&plan.layouts[*index], name, to, observer.clone())
+                        .await
+                }
+                None => copier.copy(&job.source, to, observer.clone()).await,
+            },
             (Destination::Layout(name), Some(layout)) => {
                 copier
                     .copy_to_layout(&job.source, layout, name, observer.clone())

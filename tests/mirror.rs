@@ -690,3 +690,145 @@ async fn an_oci_archive_carries_several_images_that_skopeo_reads() {
     );
     assert_eq!(skopeo_digest(&dest, "carried/tool:2.0"), sha256(&index));
 }
+
+/// `detour mirror` with `--plain-http` for `registries` and `extra` args.
+fn mirror_plain(registries: &[&Registry], fixed: &[&str]) -> (bool, Vec<Value>, String) {
+    let flags = plain(registries);
+    mirror(&args(fixed, &flags), &[])
+}
+
+#[tokio::test]
+async fn archives_carry_images_across_byte_for_byte_both_ways_with_skopeo() {
+    let source = Registry::start(RegistryOptions::default());
+    let dest = Registry::start(RegistryOptions::default());
+    let amd = Image::new(false, &[70_000, 900], 61);
+    let arm = Image::new(false, &[50_000], 62);
+    let index = source
+        .push_index(
+            "lib/tool",
+            "3.0",
+            &[("linux/amd64", &amd), ("linux/arm64", &arm)],
+        )
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let tool = format!("{}/lib/tool:3.0", source.host());
+
+    // detour writes the archive, detour pushes it on the other side.
+    let archive = dir.path().join("carried.tar");
+    let to = format!("oci-archive:{}", archive.display());
+    let (ok, _, stderr) = mirror_plain(&[&source], &[&tool, "--to", &to]);
+    assert!(ok, "{stderr}");
+    let from = format!("oci-archive:{}:{tool}", archive.display());
+    let target = format!("{}/air/tool:3.0", dest.host());
+    // Its own temp dir, to see that the unpacked copy is removed.
+    let scratch = dir.path().join("tmp");
+    std::fs::create_dir(&scratch).unwrap();
+    let flags = plain(&[&dest]);
+    let (ok, reports, stderr) = mirror(
+        &args(&[&from, "--to", &target], &flags),
+        &[("TMPDIR", scratch.to_str().unwrap())],
+    );
+    assert!(ok, "{stderr}");
+    assert_eq!(reports[0]["digest"], sha256(&index));
+    assert_eq!(reports[0]["manifestsCopied"], 3);
+    assert_eq!(skopeo_digest(&dest, "air/tool:3.0"), sha256(&index));
+    // No unpacked copy is left behind.
+    assert_eq!(std::fs::read_dir(&scratch).unwrap().count(), 0);
+
+    // skopeo writes an archive, detour pushes it.
+    let skopeo_archive = dir.path().join("by-skopeo.tar");
+    let out = Command::new("skopeo")
+        .args([
+            "copy",
+            "--all",
+            "--preserve-digests",
+            "--src-tls-verify=false",
+        ])
+        .arg(format!("docker://{tool}"))
+        .arg(format!("oci-archive:{}:tool", skopeo_archive.display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let from = format!("oci-archive:{}:tool", skopeo_archive.display());
+    let target = format!("{}/air/from-skopeo:3.0", dest.host());
+    let (ok, _, stderr) = mirror_plain(&[&dest], &[&from, "--to", &target]);
+    assert!(ok, "{stderr}");
+    assert_eq!(skopeo_digest(&dest, "air/from-skopeo:3.0"), sha256(&index));
+}
+
+#[tokio::test]
+async fn hostile_or_damaged_archives_are_refused_and_nothing_is_pushed() {
+    let source = Registry::start(RegistryOptions::default());
+    let dest = Registry::start(RegistryOptions::default());
+    let image = Image::new(false, &[40_000], 71);
+    source.push_image("app", "1", &image).await;
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.tar");
+    let app = format!("{}/app:1", source.host());
+    let (ok, _, stderr) = mirror_plain(
+        &[&source],
+        &[&app, "--to", &format!("oci-archive:{}", good.display())],
+    );
+    assert!(ok, "{stderr}");
+    let bytes = std::fs::read(&good).unwrap();
+
+    // Truncated.
+    let truncated = dir.path().join("truncated.tar");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    // With a symlink.
+    let linked = dir.path().join("linked.tar");
+    {
+        let mut tar = tar::Builder::new(std::fs::File::create(&linked).unwrap());
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Symlink);
+        header.set_size(0);
+        tar.append_link(&mut header, "index.json", "/etc/passwd")
+            .unwrap();
+        tar.finish().unwrap();
+    }
+    // With a path that leaves the archive (written raw: the tar crate
+    // itself refuses to create one).
+    let escaping = dir.path().join("escaping.tar");
+    {
+        let mut header = tar::Header::new_old();
+        let name = b"../escaped";
+        header.as_old_mut().name[..name.len()].copy_from_slice(name);
+        header.set_size(1);
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_cksum();
+        let mut raw = header.as_bytes().to_vec();
+        raw.extend_from_slice(b"x");
+        raw.resize(1024, 0);
+        raw.extend_from_slice(&[0; 1024]);
+        std::fs::write(&escaping, raw).unwrap();
+    }
+    for (archive, why) in [
+        (&truncated, "truncated or damaged"),
+        (&linked, "a link or special file"),
+        (&escaping, "leaves the archive"),
+    ] {
+        let from = format!("oci-archive:{}", archive.display());
+        let target = format!("{}/air/app:1", dest.host());
+        let out = Command::new(BIN)
+            .args([
+                "mirror",
+                &from,
+                "--to",
+                &target,
+                "--allow-loopback",
+                "--plain-http",
+            ])
+            .arg(dest.host())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{archive:?} accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(why), "{archive:?}: {stderr}");
+        assert_eq!(dest.manifest_status("air/app", "1").await, 404);
+    }
+    assert!(!dir.path().parent().unwrap().join("escaped").exists());
+}

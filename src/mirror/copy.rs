@@ -103,6 +103,71 @@ impl CopyReport {
     }
 }
 
+type BlobStream = futures_util::stream::BoxStream<
+    'static,
+    Result<bytes::Bytes, Box<dyn std::error::Error + Send + Sync>>,
+>;
+
+/// Where an image is copied from.
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    Registry(&'a Repo),
+    Layout(&'a OciLayout),
+}
+
+impl Source<'_> {
+    fn label(&self) -> String {
+        match self {
+            Source::Registry(repo) => repo.to_string(),
+            Source::Layout(layout) => layout.to_string(),
+        }
+    }
+
+    /// A manifest by tag or digest (a layout has them by digest only, and
+    /// needs the media type its descriptor gives).
+    async fn manifest(
+        &self,
+        client: &RegistryClient,
+        reference: &str,
+        media_type: Option<&str>,
+    ) -> Result<ManifestBytes, MirrorError> {
+        match self {
+            Source::Registry(repo) => client.get_manifest(repo, reference).await,
+            Source::Layout(layout) => layout.read_manifest(reference, media_type.unwrap_or("")),
+        }
+    }
+
+    async fn blob(&self, client: &RegistryClient, digest: &str) -> Result<BlobStream, MirrorError> {
+        match self {
+            Source::Registry(repo) => {
+                let response = client.get_blob(repo, digest).await?;
+                Ok(response
+                    .bytes_stream()
+                    .map(|c| c.map_err(Into::into))
+                    .boxed())
+            }
+            Source::Layout(layout) => Ok(layout
+                .blob_stream(digest)
+                .await?
+                .map(|c| c.map_err(Into::into))
+                .boxed()),
+        }
+    }
+}
+
+/// What `copy_from` copies.
+struct From<'a> {
+    source: Source<'a>,
+    /// For reports and errors.
+    label: String,
+    /// Tag or digest of the top manifest.
+    reference: &'a str,
+    /// The top manifest's media type, when the source needs it.
+    media_type: Option<&'a str>,
+    /// The tag when the destination names none.
+    default_tag: Option<&'a str>,
+}
+
 pub struct Copier {
     client: Arc<RegistryClient>,
     options: CopyOptions,
@@ -128,27 +193,62 @@ impl Copier {
         observer: Arc<dyn Observer>,
     ) -> Result<CopyReport, MirrorError> {
         let src = Repo::of(source);
+        let src_ref = source.digest().or(source.tag()).unwrap_or("latest");
+        let default_tag = source.tag().or(if source.digest().is_none() {
+            Some("latest")
+        } else {
+            None
+        });
+        let from = From {
+            source: Source::Registry(&src),
+            label: source.to_string(),
+            reference: src_ref,
+            media_type: None,
+            default_tag,
+        };
+        self.copy_from(from, destination, observer).await
+    }
+
+    /// Copies image `name` of an OCI layout to `destination` (its tag, else
+    /// the name's tag, else `latest`), with the same order and checks as a
+    /// copy between registries.
+    pub async fn copy_from_layout(
+        &self,
+        layout: &OciLayout,
+        name: &str,
+        destination: &Reference,
+        observer: Arc<dyn Observer>,
+    ) -> Result<CopyReport, MirrorError> {
+        let top = layout.named(name)?;
+        let name_tag = Reference::parse(name)
+            .ok()
+            .and_then(|r| r.tag().map(str::to_string));
+        let from = From {
+            source: Source::Layout(layout),
+            label: name.to_string(),
+            reference: &top.digest,
+            media_type: Some(&top.media_type),
+            default_tag: Some(name_tag.as_deref().unwrap_or("latest")),
+        };
+        self.copy_from(from, destination, observer).await
+    }
+
+    async fn copy_from(
+        &self,
+        from: From<'_>,
+        destination: &Reference,
+        observer: Arc<dyn Observer>,
+    ) -> Result<CopyReport, MirrorError> {
         let dst = Repo::of(destination);
-        let src_ref = source
-            .digest()
-            .or(source.tag())
-            .unwrap_or("latest")
-            .to_string();
-        let tag = destination
-            .tag()
-            .or(source.tag())
-            .or(if source.digest().is_none() {
-                Some("latest")
-            } else {
-                None
-            })
-            .map(str::to_string);
+        let tag = destination.tag().or(from.default_tag).map(str::to_string);
         let mut report = CopyReport {
-            source: source.to_string(),
+            source: from.label.clone(),
             destination: destination.to_string(),
             ..CopyReport::default()
         };
-        let (top, children, dropped) = self.fetch_top(&src, &src_ref).await?;
+        let (top, children, dropped) = self
+            .fetch_top(from.source, from.reference, from.media_type)
+            .await?;
         report.platforms_dropped = dropped;
         if let Some(expected) = destination.digest() {
             if expected != top.digest {
@@ -197,7 +297,7 @@ impl Copier {
                 report.manifests_skipped += 1;
                 continue;
             }
-            let m = self.image_manifest(source, &src, &child.digest).await?;
+            let m = self.image_manifest(&from.label, from.source, child).await?;
             push_blobs(manifest::blobs(&m.bytes)?, &mut blobs);
             child_manifests.push(m);
         }
@@ -207,7 +307,7 @@ impl Copier {
         // copy future's Send bound higher-ranked, which spawn cannot prove.
         let copies: Vec<_> = blobs
             .iter()
-            .map(|blob| self.copy_blob(&src, &dst, blob, observer.clone()))
+            .map(|blob| self.copy_blob(from.source, &dst, blob, observer.clone()))
             .collect();
         let outcomes: Vec<BlobOutcome> = futures_util::stream::iter(copies)
             .buffer_unordered(concurrency)
@@ -227,14 +327,17 @@ impl Copier {
     /// A child manifest of an index; nested indexes are not supported.
     async fn image_manifest(
         &self,
-        source: &Reference,
-        src: &Repo,
-        digest: &str,
+        label: &str,
+        source: Source<'_>,
+        child: &Target,
     ) -> Result<ManifestBytes, MirrorError> {
-        let m = self.client.get_manifest(src, digest).await?;
+        let m = source
+            .manifest(&self.client, &child.digest, Some(&child.media_type))
+            .await?;
         if manifest::kind(&m.media_type) != Some(ManifestKind::Image) {
             return Err(MirrorError::Unsupported(format!(
-                "{source}: nested index {digest} is not supported"
+                "{label}: nested index {} is not supported",
+                child.digest
             )));
         }
         Ok(m)
@@ -244,10 +347,11 @@ impl Copier {
     /// its child entries; how many platforms the filter left out.
     async fn fetch_top(
         &self,
-        src: &Repo,
-        src_ref: &str,
+        source: Source<'_>,
+        reference: &str,
+        media_type: Option<&str>,
     ) -> Result<(ManifestBytes, Vec<Target>, u64), MirrorError> {
-        let mut top = self.client.get_manifest(src, src_ref).await?;
+        let mut top = source.manifest(&self.client, reference, media_type).await?;
         let mut children: Vec<Target> = Vec::new();
         let mut dropped = 0;
         if manifest::kind(&top.media_type) == Some(ManifestKind::Index) {
@@ -280,7 +384,9 @@ impl Copier {
     ) -> Result<CopyReport, MirrorError> {
         let src = Repo::of(source);
         let src_ref = source.digest().or(source.tag()).unwrap_or("latest");
-        let (top, children, dropped) = self.fetch_top(&src, src_ref).await?;
+        let (top, children, dropped) = self
+            .fetch_top(Source::Registry(&src), src_ref, None)
+            .await?;
         let mut report = CopyReport {
             source: source.to_string(),
             destination: name.to_string(),
@@ -300,7 +406,9 @@ impl Copier {
                 report.manifests_skipped += 1;
                 continue;
             }
-            let m = self.image_manifest(source, &src, &child.digest).await?;
+            let m = self
+                .image_manifest(&source.to_string(), Source::Registry(&src), child)
+                .await?;
             blobs.extend(manifest::blobs(&m.bytes)?);
             child_manifests.push(m);
         }
@@ -374,7 +482,7 @@ impl Copier {
 
     async fn copy_blob(
         &self,
-        src: &Repo,
+        src: Source<'_>,
         dst: &Repo,
         blob: &Target,
         observer: Arc<dyn Observer>,
@@ -394,7 +502,7 @@ impl Copier {
 
     async fn copy_blob_once(
         &self,
-        src: &Repo,
+        src: Source<'_>,
         dst: &Repo,
         blob: &Target,
         observer: Arc<dyn Observer>,
@@ -402,15 +510,18 @@ impl Copier {
         if self.client.blob_exists(dst, &blob.digest).await? {
             return Ok(BlobOutcome::Skipped);
         }
-        let mount = (src.host == dst.host && src.path != dst.path)
-            .then_some((blob.digest.as_str(), src.path.as_str()));
+        let mount = match src {
+            Source::Registry(src) => (src.host == dst.host && src.path != dst.path)
+                .then_some((blob.digest.as_str(), src.path.as_str())),
+            Source::Layout(_) => None,
+        };
         let session = match self.client.start_upload(dst, mount).await? {
             UploadStart::Mounted => return Ok(BlobOutcome::Mounted),
             UploadStart::Session(url) => url,
         };
         observer.planned(blob.size);
-        let response = match self.client.get_blob(src, &blob.digest).await {
-            Ok(r) => r,
+        let stream = match src.blob(&self.client, &blob.digest).await {
+            Ok(s) => s,
             Err(e) => {
                 self.client.cancel_upload(dst, session).await;
                 return Err(e);
@@ -422,7 +533,7 @@ impl Copier {
         let body = {
             let state = state.clone();
             let count = count.clone();
-            response.bytes_stream().map(move |chunk| {
+            stream.map(move |chunk| {
                 let chunk = chunk?;
                 let total =
                     count.fetch_add(chunk.len() as u64, Ordering::Relaxed) + chunk.len() as u64;
@@ -458,7 +569,7 @@ impl Copier {
         if actual != blob.digest || sent != expected {
             self.client.cancel_upload(dst, session).await;
             return Err(MirrorError::DigestMismatch {
-                what: format!("blob {src}@{}", blob.digest),
+                what: format!("blob {}@{}", src.label(), blob.digest),
                 expected: format!("{} ({expected} bytes)", blob.digest),
                 actual: format!("{actual} ({sent} bytes)"),
             });

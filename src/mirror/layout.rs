@@ -23,6 +23,19 @@ pub struct OciLayout {
     dir: PathBuf,
 }
 
+impl std::fmt::Display for OciLayout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "oci:{}", self.dir.display())
+    }
+}
+
+/// A manifest as `index.json` names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestRef {
+    pub digest: String,
+    pub media_type: String,
+}
+
 fn io(what: &Path, e: std::io::Error) -> MirrorError {
     MirrorError::Invalid(format!("{}: {e}", what.display()))
 }
@@ -47,6 +60,65 @@ impl OciLayout {
         })
     }
 
+    /// An existing layout, to read from.
+    pub fn existing(dir: &Path) -> Result<OciLayout, MirrorError> {
+        for file in ["oci-layout", "index.json"] {
+            let path = dir.join(file);
+            if !path.is_file() {
+                return Err(MirrorError::Invalid(format!(
+                    "{}: not an OCI image layout (no {file})",
+                    dir.display()
+                )));
+            }
+        }
+        Ok(OciLayout {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// Unpacks an `oci-archive:` tar into `into` and opens it. Only regular
+    /// files and directories with plain relative paths are accepted: a
+    /// symlink, a hard link, a device or a path that leaves the archive is
+    /// refused, as is a truncated archive, before anything is read from it.
+    pub fn unpack(archive: &Path, into: &Path) -> Result<OciLayout, MirrorError> {
+        let bad = |why: String| MirrorError::Invalid(format!("{}: {why}", archive.display()));
+        std::fs::create_dir_all(into).map_err(|e| io(into, e))?;
+        let file = std::fs::File::open(archive).map_err(|e| io(archive, e))?;
+        let mut tar = tar::Archive::new(std::io::BufReader::new(file));
+        let entries = tar
+            .entries()
+            .map_err(|e| bad(format!("not a tar archive: {e}")))?;
+        for entry in entries {
+            let mut entry = entry.map_err(|e| bad(format!("truncated or damaged: {e}")))?;
+            let path = entry
+                .path()
+                .map_err(|e| bad(format!("bad path: {e}")))?
+                .into_owned();
+            let kind = entry.header().entry_type();
+            if !(kind.is_file() || kind.is_dir()) {
+                return Err(bad(format!(
+                    "{} is a link or special file, which an image archive does not hold",
+                    path.display()
+                )));
+            }
+            if !path.components().all(|c| {
+                matches!(
+                    c,
+                    std::path::Component::Normal(_) | std::path::Component::CurDir
+                )
+            }) {
+                return Err(bad(format!("{} leaves the archive", path.display())));
+            }
+            let unpacked = entry
+                .unpack_in(into)
+                .map_err(|e| bad(format!("truncated or damaged at {}: {e}", path.display())))?;
+            if !unpacked {
+                return Err(bad(format!("{} leaves the archive", path.display())));
+            }
+        }
+        OciLayout::existing(into)
+    }
+
     /// `blobs/<algorithm>/<hex>`; a digest that is not `algorithm:hex` of
     /// safe characters is refused, so no path can leave the layout.
     fn blob_path(&self, digest: &str) -> Result<PathBuf, MirrorError> {
@@ -62,6 +134,106 @@ impl OciLayout {
             return Err(MirrorError::Invalid(format!("digest {digest:?}")));
         }
         Ok(self.dir.join("blobs").join(algorithm).join(hex))
+    }
+
+    /// The top descriptor named `name` in `index.json`.
+    pub fn named(&self, name: &str) -> Result<ManifestRef, MirrorError> {
+        self.names()?
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, r)| r)
+            .ok_or_else(|| {
+                MirrorError::Invalid(format!("{}: no image named {name:?}", self.dir.display()))
+            })
+    }
+
+    /// Every named image of `index.json`: (name, descriptor).
+    pub fn names(&self) -> Result<Vec<(String, ManifestRef)>, MirrorError> {
+        let path = self.dir.join("index.json");
+        let text = std::fs::read(&path).map_err(|e| io(&path, e))?;
+        let index: Value = serde_json::from_slice(&text)
+            .map_err(|e| MirrorError::Invalid(format!("{}: {e}", path.display())))?;
+        let mut out = Vec::new();
+        for m in index["manifests"].as_array().into_iter().flatten() {
+            let (Some(name), Some(digest), Some(media_type)) = (
+                m["annotations"][REF_NAME].as_str(),
+                m["digest"].as_str(),
+                m["mediaType"].as_str(),
+            ) else {
+                continue;
+            };
+            out.push((
+                name.to_string(),
+                ManifestRef {
+                    digest: digest.to_string(),
+                    media_type: media_type.to_string(),
+                },
+            ));
+        }
+        Ok(out)
+    }
+
+    /// A manifest blob, checked against its digest.
+    pub fn read_manifest(
+        &self,
+        digest: &str,
+        media_type: &str,
+    ) -> Result<ManifestBytes, MirrorError> {
+        let path = self.blob_path(digest)?;
+        let meta = std::fs::symlink_metadata(&path).map_err(|e| io(&path, e))?;
+        if !meta.is_file() || meta.len() > 4 * 1024 * 1024 {
+            return Err(MirrorError::Invalid(format!(
+                "{}: not a manifest file",
+                path.display()
+            )));
+        }
+        let bytes = std::fs::read(&path).map_err(|e| io(&path, e))?;
+        let actual = super::digest::digest_of(&bytes, Some(digest))?;
+        if actual != digest {
+            return Err(MirrorError::DigestMismatch {
+                what: format!("manifest {}", path.display()),
+                expected: digest.to_string(),
+                actual,
+            });
+        }
+        Ok(ManifestBytes {
+            media_type: media_type.to_string(),
+            digest: digest.to_string(),
+            bytes: bytes.into(),
+        })
+    }
+
+    /// A blob's bytes, streamed from its file (the copy checks the digest).
+    pub async fn blob_stream(
+        &self,
+        digest: &str,
+    ) -> Result<
+        impl Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send + 'static,
+        MirrorError,
+    > {
+        let path = self.blob_path(digest)?;
+        let meta = std::fs::symlink_metadata(&path).map_err(|e| io(&path, e))?;
+        if !meta.is_file() {
+            return Err(MirrorError::Invalid(format!(
+                "{}: not a file",
+                path.display()
+            )));
+        }
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| io(&path, e))?;
+        Ok(futures_util::stream::unfold(file, |mut file| async move {
+            use tokio::io::AsyncReadExt;
+            let mut buffer = vec![0u8; 256 * 1024];
+            match file.read(&mut buffer).await {
+                Ok(0) => None,
+                Ok(n) => {
+                    buffer.truncate(n);
+                    Some((Ok(bytes::Bytes::from(buffer)), file))
+                }
+                Err(e) => Some((Err(e), file)),
+            }
+        }))
     }
 
     pub fn has_blob(&self, digest: &str) -> Result<bool, MirrorError> {
