@@ -52,10 +52,18 @@ pub struct Plan {
 /// `oci:DIR[:NAME]` or `oci-archive:FILE[:NAME]` as a source: every image
 /// of the layout, or the one named (the name may contain ':').
 fn layout_source(text: &str, plan: &mut Plan) -> Result<Option<Vec<(usize, String)>>, String> {
-    let (archive, rest) = if let Some(rest) = text.strip_prefix("oci-archive:") {
-        (true, rest)
+    #[derive(PartialEq)]
+    enum Kind {
+        Dir,
+        OciArchive,
+        DockerArchive,
+    }
+    let (kind, rest) = if let Some(rest) = text.strip_prefix("oci-archive:") {
+        (Kind::OciArchive, rest)
+    } else if let Some(rest) = text.strip_prefix("docker-archive:") {
+        (Kind::DockerArchive, rest)
     } else if let Some(rest) = text.strip_prefix("oci:") {
-        (false, rest)
+        (Kind::Dir, rest)
     } else {
         return Ok(None);
     };
@@ -64,16 +72,21 @@ fn layout_source(text: &str, plan: &mut Plan) -> Result<Option<Vec<(usize, Strin
         None => (rest, None),
     };
     let path = std::path::Path::new(path);
-    let layout = if archive {
+    use crate::mirror::layout::OciLayout;
+    let layout = if kind == Kind::Dir {
+        OciLayout::existing(path)
+    } else {
         let dir = std::env::temp_dir().join(format!(
             "detour-archive-{}-{}",
             std::process::id(),
             plan.scratch.len()
         ));
         plan.scratch.push(dir.clone());
-        crate::mirror::layout::OciLayout::unpack(path, &dir)
-    } else {
-        crate::mirror::layout::OciLayout::existing(path)
+        if kind == Kind::OciArchive {
+            OciLayout::unpack(path, &dir)
+        } else {
+            OciLayout::from_docker_archive(path, &dir)
+        }
     }
     .map_err(|e| format!("{text}: {e}"))?;
     let names: Vec<String> = layout

@@ -832,3 +832,76 @@ async fn hostile_or_damaged_archives_are_refused_and_nothing_is_pushed() {
     }
     assert!(!dir.path().parent().unwrap().join("escaped").exists());
 }
+
+#[tokio::test]
+async fn a_docker_save_archive_is_pushed_with_new_digests_over_the_same_files() {
+    let dest = Registry::start(RegistryOptions::default());
+    let dir = tempfile::tempdir().unwrap();
+    // A `docker save` archive: manifest.json, the config, one tar per layer.
+    let layer = {
+        let mut tar = tar::Builder::new(Vec::new());
+        let data = random_bytes(20_000, 81);
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        tar.append_data(&mut header, "bin/tool", &data[..]).unwrap();
+        tar.into_inner().unwrap()
+    };
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64", "os": "linux", "config": {},
+        "rootfs": {"type": "layers", "diff_ids": [sha256(&layer)]},
+    }))
+    .unwrap();
+    let config_name = format!("{}.json", sha256(&config).trim_start_matches("sha256:"));
+    let manifest = serde_json::json!([{"Config": config_name, "RepoTags": ["example.org/team/tool:1.0"],
+                                       "Layers": ["abc/layer.tar"]}]);
+    let archive = dir.path().join("saved.tar");
+    {
+        let mut tar = tar::Builder::new(std::fs::File::create(&archive).unwrap());
+        for (name, data) in [
+            ("manifest.json", serde_json::to_vec(&manifest).unwrap()),
+            (config_name.as_str(), config.clone()),
+            ("abc/layer.tar", layer.clone()),
+        ] {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(data.len() as u64);
+            header.set_mode(0o644);
+            header.set_cksum();
+            tar.append_data(&mut header, name, &data[..]).unwrap();
+        }
+        tar.finish().unwrap();
+    }
+    // skopeo reads it as a docker archive: the fixture is the real format.
+    let out = Command::new("skopeo")
+        .args(["inspect", "--config"])
+        .arg(format!("docker-archive:{}", archive.display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let from = format!("docker-archive:{}", archive.display());
+    let target = format!("{}/air/tool:1.0", dest.host());
+    let (ok, reports, stderr) = mirror_plain(&[&dest], &[&from, "--to", &target]);
+    assert!(ok, "{stderr}");
+    let out = Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{target}"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(sha256(&out.stdout), reports[0]["digest"].as_str().unwrap());
+    let pushed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    // Same files, so the config and layer digests are those of the files.
+    assert_eq!(pushed["config"]["digest"], sha256(&config));
+    assert_eq!(pushed["layers"][0]["digest"], sha256(&layer));
+    assert_eq!(pushed["layers"][0]["size"], layer.len());
+}

@@ -81,42 +81,109 @@ impl OciLayout {
     /// symlink, a hard link, a device or a path that leaves the archive is
     /// refused, as is a truncated archive, before anything is read from it.
     pub fn unpack(archive: &Path, into: &Path) -> Result<OciLayout, MirrorError> {
+        extract(archive, into)?;
+        OciLayout::existing(into)
+    }
+
+    /// Reads a `docker save` archive (`docker-archive:`) as a layout: each
+    /// image becomes a Docker schema 2 manifest over its config and its
+    /// (uncompressed) layer tars, named by each of its `RepoTags`. A `docker
+    /// save` archive holds no registry manifest, so these digests are new.
+    pub fn from_docker_archive(archive: &Path, into: &Path) -> Result<OciLayout, MirrorError> {
         let bad = |why: String| MirrorError::Invalid(format!("{}: {why}", archive.display()));
-        std::fs::create_dir_all(into).map_err(|e| io(into, e))?;
-        let file = std::fs::File::open(archive).map_err(|e| io(archive, e))?;
-        let mut tar = tar::Archive::new(std::io::BufReader::new(file));
-        let entries = tar
-            .entries()
-            .map_err(|e| bad(format!("not a tar archive: {e}")))?;
-        for entry in entries {
-            let mut entry = entry.map_err(|e| bad(format!("truncated or damaged: {e}")))?;
-            let path = entry
-                .path()
-                .map_err(|e| bad(format!("bad path: {e}")))?
-                .into_owned();
-            let kind = entry.header().entry_type();
-            if !(kind.is_file() || kind.is_dir()) {
-                return Err(bad(format!(
-                    "{} is a link or special file, which an image archive does not hold",
-                    path.display()
-                )));
+        let raw = into.join("archive");
+        extract(archive, &raw)?;
+        let layout = OciLayout::open(into)?;
+        let manifest_path = raw.join("manifest.json");
+        let text = std::fs::read(&manifest_path)
+            .map_err(|_| bad("no manifest.json: not a docker save archive".into()))?;
+        let images: Value =
+            serde_json::from_slice(&text).map_err(|e| bad(format!("manifest.json: {e}")))?;
+        // Files are moved into blobs/ by digest (hashed on the way).
+        let store = |relative: &str| -> Result<(String, u64), MirrorError> {
+            let path = raw.join(relative);
+            if !std::path::Path::new(relative)
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)))
+            {
+                return Err(bad(format!("{relative} leaves the archive")));
             }
-            if !path.components().all(|c| {
-                matches!(
-                    c,
-                    std::path::Component::Normal(_) | std::path::Component::CurDir
-                )
-            }) {
-                return Err(bad(format!("{} leaves the archive", path.display())));
+            let mut file = std::fs::File::open(&path).map_err(|e| io(&path, e))?;
+            let mut hasher = Hasher::sha256();
+            let mut buffer = vec![0u8; 256 * 1024];
+            let mut size = 0u64;
+            loop {
+                use std::io::Read;
+                let n = file.read(&mut buffer).map_err(|e| io(&path, e))?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buffer[..n]);
+                size += n as u64;
             }
-            let unpacked = entry
-                .unpack_in(into)
-                .map_err(|e| bad(format!("truncated or damaged at {}: {e}", path.display())))?;
-            if !unpacked {
-                return Err(bad(format!("{} leaves the archive", path.display())));
+            let digest = hasher.finish();
+            let target = layout.blob_path(&digest)?;
+            if let Some(parent) = target.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| io(parent, e))?;
+            }
+            if !target.exists() {
+                std::fs::copy(&path, &target).map_err(|e| io(&target, e))?;
+            }
+            Ok((digest, size))
+        };
+        for (i, image) in images.as_array().into_iter().flatten().enumerate() {
+            let config = image["Config"]
+                .as_str()
+                .ok_or_else(|| bad(format!("manifest.json entry {i} has no Config")))?;
+            let (config_digest, config_size) = store(config)?;
+            let mut layers = Vec::new();
+            for layer in image["Layers"].as_array().into_iter().flatten() {
+                let layer = layer
+                    .as_str()
+                    .ok_or_else(|| bad(format!("manifest.json entry {i}: bad layer")))?;
+                let (digest, size) = store(layer)?;
+                layers.push(json!({
+                    "mediaType": "application/vnd.docker.image.rootfs.diff.tar",
+                    "size": size,
+                    "digest": digest,
+                }));
+            }
+            let manifest = json!({
+                "schemaVersion": 2,
+                "mediaType": DOCKER_MANIFEST,
+                "config": {
+                    "mediaType": "application/vnd.docker.container.image.v1+json",
+                    "size": config_size,
+                    "digest": config_digest,
+                },
+                "layers": layers,
+            });
+            let bytes = serde_json::to_vec(&manifest).map_err(|e| bad(e.to_string()))?;
+            let top = ManifestBytes {
+                media_type: DOCKER_MANIFEST.into(),
+                digest: super::digest::digest_of(&bytes, None)?,
+                bytes: bytes.into(),
+            };
+            let target = layout.blob_path(&top.digest)?;
+            if let Some(parent) = target.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| io(parent, e))?;
+            }
+            std::fs::write(&target, &top.bytes).map_err(|e| io(&target, e))?;
+            let tags: Vec<String> = image["RepoTags"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|t| t.as_str().map(str::to_string))
+                .collect();
+            if tags.is_empty() {
+                layout.name(&format!("image-{i}"), &top)?;
+            }
+            for tag in tags {
+                layout.name(&tag, &top)?;
             }
         }
-        OciLayout::existing(into)
+        let _ = std::fs::remove_dir_all(&raw);
+        Ok(layout)
     }
 
     /// `blobs/<algorithm>/<hex>`; a digest that is not `algorithm:hex` of
@@ -400,4 +467,47 @@ impl OciLayout {
         std::fs::write(&next, index.to_string()).map_err(|e| io(&next, e))?;
         std::fs::rename(&next, &path).map_err(|e| io(&path, e))
     }
+}
+
+const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+
+/// Unpacks a tar into `into`, accepting only regular files and directories
+/// with plain relative paths.
+fn extract(archive: &Path, into: &Path) -> Result<(), MirrorError> {
+    let bad = |why: String| MirrorError::Invalid(format!("{}: {why}", archive.display()));
+    std::fs::create_dir_all(into).map_err(|e| io(into, e))?;
+    let file = std::fs::File::open(archive).map_err(|e| io(archive, e))?;
+    let mut tar = tar::Archive::new(std::io::BufReader::new(file));
+    let entries = tar
+        .entries()
+        .map_err(|e| bad(format!("not a tar archive: {e}")))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| bad(format!("truncated or damaged: {e}")))?;
+        let path = entry
+            .path()
+            .map_err(|e| bad(format!("bad path: {e}")))?
+            .into_owned();
+        let kind = entry.header().entry_type();
+        if !(kind.is_file() || kind.is_dir()) {
+            return Err(bad(format!(
+                "{} is a link or special file, which an image archive does not hold",
+                path.display()
+            )));
+        }
+        if !path.components().all(|c| {
+            matches!(
+                c,
+                std::path::Component::Normal(_) | std::path::Component::CurDir
+            )
+        }) {
+            return Err(bad(format!("{} leaves the archive", path.display())));
+        }
+        let unpacked = entry
+            .unpack_in(into)
+            .map_err(|e| bad(format!("truncated or damaged at {}: {e}", path.display())))?;
+        if !unpacked {
+            return Err(bad(format!("{} leaves the archive", path.display())));
+        }
+    }
+    Ok(())
 }
