@@ -905,3 +905,39 @@ async fn a_docker_save_archive_is_pushed_with_new_digests_over_the_same_files() 
     assert_eq!(pushed["layers"][0]["digest"], sha256(&layer));
     assert_eq!(pushed["layers"][0]["size"], layer.len());
 }
+
+#[tokio::test]
+async fn a_list_file_fills_an_oci_layout() {
+    let source = Registry::start(RegistryOptions::default());
+    let one = Image::new(false, &[10_000], 91);
+    let two = Image::new(false, &[12_000], 92);
+    source.push_image("a/one", "1", &one).await;
+    source.push_image("a/two", "2", &two).await;
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("images.txt");
+    let (first, second) = (
+        format!("{}/a/one:1", source.host()),
+        format!("{}/a/two:2", source.host()),
+    );
+    std::fs::write(&list, format!("# carried\n{first}\n\n{second}\n")).unwrap();
+    let layout = dir.path().join("layout");
+    let to = format!("oci:{}", layout.display());
+    let (ok, reports, stderr) =
+        mirror_plain(&[&source], &["-f", list.to_str().unwrap(), "--to", &to]);
+    assert!(ok, "{stderr}");
+    assert_eq!(reports[0]["digest"], one.digest());
+    assert_eq!(reports[1]["digest"], two.digest());
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let names: Vec<&str> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            m["annotations"]["org.opencontainers.image.ref.name"]
+                .as_str()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(names, vec![first.as_str(), second.as_str()]);
+}
