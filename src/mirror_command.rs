@@ -398,11 +398,14 @@ async fn run_plan(
                 }
                 None => copier.copy(&job.source, to, observer.clone()).await,
             },
-            (Destination::Layout(name), Some(layout)) => {
-                copier
-                    .copy_to_layout(&job.source, layout, name, observer.clone())
-                    .await
-            }
+            (Destination::Layout(name), Some(layout)) => copier
+                .copy_to_layout(&job.source, layout, name, observer.clone())
+                .await
+                .map(|mut report| {
+                    // As the user names it: `oci-archive:FILE:NAME`, `oci:DIR:NAME`.
+                    report.destination = format!("{}:{name}", args.to.as_deref().unwrap_or(""));
+                    report
+                }),
             (Destination::Layout(_), None) => Err(crate::mirror::MirrorError::Invalid(
                 "no layout directory".into(),
             )),
