@@ -806,12 +806,25 @@ async fn hostile_or_damaged_archives_are_refused_and_nothing_is_pushed() {
         raw.extend_from_slice(&[0; 1024]);
         std::fs::write(&escaping, raw).unwrap();
     }
-    for (archive, why) in [
-        (&truncated, "truncated or damaged"),
-        (&linked, "a link or special file"),
-        (&escaping, "leaves the archive"),
+    // A docker-archive may link inside itself (docker save and skopeo do),
+    // never out of itself.
+    let docker_linked = dir.path().join("docker-linked.tar");
+    {
+        let mut tar = tar::Builder::new(std::fs::File::create(&docker_linked).unwrap());
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Symlink);
+        header.set_size(0);
+        tar.append_link(&mut header, "abc/layer.tar", "../../etc/passwd")
+            .unwrap();
+        tar.finish().unwrap();
+    }
+    for (archive, why, kind) in [
+        (&truncated, "truncated or damaged", "oci-archive"),
+        (&linked, "a link or special file", "oci-archive"),
+        (&escaping, "leaves the archive", "oci-archive"),
+        (&docker_linked, "links out of the archive", "docker-archive"),
     ] {
-        let from = format!("oci-archive:{}", archive.display());
+        let from = format!("{kind}:{}", archive.display());
         let target = format!("{}/air/app:1", dest.host());
         let out = Command::new(BIN)
             .args([
@@ -940,4 +953,133 @@ async fn a_list_file_fills_an_oci_layout() {
         })
         .collect();
     assert_eq!(names, vec![first.as_str(), second.as_str()]);
+}
+
+/// gzip of `data` in stored (uncompressed) deflate blocks: real gzip, which
+/// skopeo decompresses, without a compression library.
+fn gzip_stored(data: &[u8]) -> Vec<u8> {
+    fn crc32(data: &[u8]) -> u32 {
+        let mut crc = 0xffff_ffffu32;
+        for &b in data {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 != 0 {
+                    (crc >> 1) ^ 0xedb8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+    let mut out = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255];
+    let chunks: Vec<&[u8]> = data.chunks(65_535).collect();
+    for (i, chunk) in chunks.iter().enumerate() {
+        out.push(u8::from(i + 1 == chunks.len()));
+        let len = chunk.len() as u16;
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&(!len).to_le_bytes());
+        out.extend_from_slice(chunk);
+    }
+    out.extend_from_slice(&crc32(data).to_le_bytes());
+    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    out
+}
+
+/// A tar holding one file of `size` random bytes.
+fn layer_tar(seed: u64, size: usize) -> Vec<u8> {
+    let data = random_bytes(size, seed);
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(data.len() as u64);
+    header.set_mode(0o644);
+    header.set_cksum();
+    tar.append_data(&mut header, format!("file-{seed}"), &data[..])
+        .unwrap();
+    tar.into_inner().unwrap()
+}
+
+#[tokio::test]
+async fn detour_reads_what_skopeo_writes_as_oci_and_docker_archive() {
+    let source = Registry::start(RegistryOptions::default());
+    let dest = Registry::start(RegistryOptions::default());
+    // Real gzip over real tars, so that skopeo can write a docker archive
+    // (which holds layers uncompressed).
+    let tars = [layer_tar(101, 30_000), layer_tar(102, 10_000)];
+    let image = Image::from_layers(false, tars.iter().map(|t| gzip_stored(t)).collect(), 103);
+    source.push_image("team/app", "1", &image).await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = format!("{}/team/app:1", source.host());
+
+    // skopeo's oci: directory, pushed by detour with the same digest.
+    let oci = dir.path().join("by-skopeo");
+    let out = Command::new("skopeo")
+        .args([
+            "copy",
+            "--all",
+            "--preserve-digests",
+            "--src-tls-verify=false",
+        ])
+        .arg(format!("docker://{app}"))
+        .arg(format!("oci:{}:app", oci.display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let raw = Command::new("skopeo")
+        .args(["inspect", "--raw"])
+        .arg(format!("oci:{}:app", oci.display()))
+        .output()
+        .unwrap();
+    assert!(
+        raw.status.success(),
+        "{}",
+        String::from_utf8_lossy(&raw.stderr)
+    );
+    assert_eq!(sha256(&raw.stdout), image.digest());
+    let from = format!("oci:{}:app", oci.display());
+    let target = format!("{}/from-oci/app:1", dest.host());
+    let (ok, reports, stderr) = mirror_plain(&[&dest], &[&from, "--to", &target]);
+    assert!(ok, "{stderr}");
+    assert_eq!(reports[0]["digest"], sha256(&raw.stdout));
+    assert_eq!(skopeo_digest(&dest, "from-oci/app:1"), sha256(&raw.stdout));
+
+    // skopeo's docker-archive: layers uncompressed, so the pushed layers are
+    // the tars themselves, and their digests are the config's diff_ids.
+    let archive = dir.path().join("saved.tar");
+    let out = Command::new("skopeo")
+        .args(["copy", "--src-tls-verify=false"])
+        .arg(format!("docker://{app}"))
+        .arg(format!(
+            "docker-archive:{}:example.org/team/app:1",
+            archive.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let from = format!("docker-archive:{}", archive.display());
+    let target = format!("{}/from-docker/app:1", dest.host());
+    let (ok, _, stderr) = mirror_plain(&[&dest], &[&from, "--to", &target]);
+    assert!(ok, "{stderr}");
+    let pushed = Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{target}"))
+        .output()
+        .unwrap();
+    let pushed: Value = serde_json::from_slice(&pushed.stdout).unwrap();
+    let layers: Vec<&str> = pushed["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap())
+        .collect();
+    let expected: Vec<String> = tars.iter().map(|t| sha256(t)).collect();
+    assert_eq!(layers, expected);
 }

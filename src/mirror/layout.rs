@@ -7,6 +7,7 @@
 //! manifests are stored byte for byte, so digests do not change and
 //! `skopeo` and other OCI tools read the directory as any layout.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use futures_util::{Stream, StreamExt};
@@ -81,7 +82,7 @@ impl OciLayout {
     /// symlink, a hard link, a device or a path that leaves the archive is
     /// refused, as is a truncated archive, before anything is read from it.
     pub fn unpack(archive: &Path, into: &Path) -> Result<OciLayout, MirrorError> {
-        extract(archive, into)?;
+        extract(archive, into, false)?;
         OciLayout::existing(into)
     }
 
@@ -92,7 +93,7 @@ impl OciLayout {
     pub fn from_docker_archive(archive: &Path, into: &Path) -> Result<OciLayout, MirrorError> {
         let bad = |why: String| MirrorError::Invalid(format!("{}: {why}", archive.display()));
         let raw = into.join("archive");
-        extract(archive, &raw)?;
+        let links = extract(archive, &raw, true)?;
         let layout = OciLayout::open(into)?;
         let manifest_path = raw.join("manifest.json");
         let text = std::fs::read(&manifest_path)
@@ -101,7 +102,15 @@ impl OciLayout {
             serde_json::from_slice(&text).map_err(|e| bad(format!("manifest.json: {e}")))?;
         // Files are moved into blobs/ by digest (hashed on the way).
         let store = |relative: &str| -> Result<(String, u64), MirrorError> {
-            let path = raw.join(relative);
+            // Follow the archive's inner links (a few hops at most).
+            let mut at = normal(Path::new(relative));
+            for _ in 0..8 {
+                match links.get(&at) {
+                    Some(next) => at = next.clone(),
+                    None => break,
+                }
+            }
+            let path = raw.join(&at);
             if !std::path::Path::new(relative)
                 .components()
                 .all(|c| matches!(c, std::path::Component::Normal(_)))
@@ -473,7 +482,17 @@ const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+j
 
 /// Unpacks a tar into `into`, accepting only regular files and directories
 /// with plain relative paths.
-fn extract(archive: &Path, into: &Path) -> Result<(), MirrorError> {
+///
+/// With `inner_links` (docker-archive, where `docker save` and skopeo link
+/// `<id>/layer.tar` to the layer's file), a symlink whose target stays
+/// inside the archive is recorded, not created: path in the archive → the
+/// archive path it names. Any other link is refused.
+fn extract(
+    archive: &Path,
+    into: &Path,
+    inner_links: bool,
+) -> Result<HashMap<PathBuf, PathBuf>, MirrorError> {
+    let mut links = HashMap::new();
     let bad = |why: String| MirrorError::Invalid(format!("{}: {why}", archive.display()));
     std::fs::create_dir_all(into).map_err(|e| io(into, e))?;
     let file = std::fs::File::open(archive).map_err(|e| io(archive, e))?;
@@ -488,6 +507,16 @@ fn extract(archive: &Path, into: &Path) -> Result<(), MirrorError> {
             .map_err(|e| bad(format!("bad path: {e}")))?
             .into_owned();
         let kind = entry.header().entry_type();
+        if kind.is_symlink() && inner_links {
+            let target = entry
+                .link_name()
+                .map_err(|e| bad(format!("bad link: {e}")))?
+                .ok_or_else(|| bad(format!("{} links nowhere", path.display())))?;
+            let resolved = inside(path.parent().unwrap_or(Path::new("")), &target)
+                .ok_or_else(|| bad(format!("{} links out of the archive", path.display())))?;
+            links.insert(normal(&path), resolved);
+            continue;
+        }
         if !(kind.is_file() || kind.is_dir()) {
             return Err(bad(format!(
                 "{} is a link or special file, which an image archive does not hold",
@@ -509,5 +538,32 @@ fn extract(archive: &Path, into: &Path) -> Result<(), MirrorError> {
             return Err(bad(format!("{} leaves the archive", path.display())));
         }
     }
-    Ok(())
+    Ok(links)
+}
+
+/// `path` without `.` components.
+fn normal(path: &Path) -> PathBuf {
+    path.components()
+        .filter(|c| !matches!(c, std::path::Component::CurDir))
+        .collect()
+}
+
+/// `target`, relative to `dir` in the archive, as an archive path; `None`
+/// when it is absolute or climbs out of the archive.
+fn inside(dir: &Path, target: &Path) -> Option<PathBuf> {
+    let mut parts: Vec<std::ffi::OsString> = normal(dir)
+        .components()
+        .map(|c| c.as_os_str().to_owned())
+        .collect();
+    for c in target.components() {
+        match c {
+            std::path::Component::Normal(p) => parts.push(p.to_owned()),
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                parts.pop()?;
+            }
+            _ => return None,
+        }
+    }
+    Some(parts.iter().collect())
 }
