@@ -1083,3 +1083,35 @@ async fn detour_reads_what_skopeo_writes_as_oci_and_docker_archive() {
     let expected: Vec<String> = tars.iter().map(|t| sha256(t)).collect();
     assert_eq!(layers, expected);
 }
+
+#[tokio::test]
+async fn a_layout_blob_with_the_wrong_digest_is_not_pushed() {
+    let source = Registry::start(RegistryOptions::default());
+    let dest = Registry::start(RegistryOptions::default());
+    let image = Image::new(false, &[30_000], 111);
+    source.push_image("app", "1", &image).await;
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("layout");
+    let app = format!("{}/app:1", source.host());
+    let (ok, _, stderr) = mirror_plain(
+        &[&source],
+        &[&app, "--to", &format!("oci:{}", layout.display())],
+    );
+    assert!(ok, "{stderr}");
+    // Damage the layer on disk (same size, other bytes).
+    let layer = sha256(&image.layers[0]);
+    let path = layout
+        .join("blobs/sha256")
+        .join(layer.trim_start_matches("sha256:"));
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[10] ^= 0xff;
+    std::fs::write(&path, bytes).unwrap();
+    let from = format!("oci:{}:{app}", layout.display());
+    let target = format!("{}/air/app:1", dest.host());
+    let (ok, reports, _) = mirror_plain(&[&dest], &[&from, "--to", &target, "--retries", "0"]);
+    assert!(!ok);
+    let error = reports[0]["error"].as_str().unwrap();
+    assert!(error.contains("digest mismatch"), "{error}");
+    assert_eq!(dest.manifest_status("air/app", "1").await, 404);
+    assert_eq!(dest.blob_status("air/app", &layer).await, 404);
+}
