@@ -494,6 +494,34 @@ async fn a_docker_manifest_list_is_copied_with_its_digest() {
     );
 }
 
+/// `skopeo ARGS...`, which must succeed; its standard output.
+fn skopeo(args: &[&str]) -> Vec<u8> {
+    let out = Command::new("skopeo").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "skopeo {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// The image names of a layout's index.json, in order.
+fn layout_names(layout: &std::path::Path) -> Vec<String> {
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            m["annotations"]["org.opencontainers.image.ref.name"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn images_go_into_an_oci_layout_that_skopeo_reads_and_pushes() {
     let source = Registry::start(RegistryOptions::default());
@@ -534,51 +562,26 @@ async fn images_go_into_an_oci_layout_that_skopeo_reads_and_pushes() {
     }
     distinct.insert(sha256(&index));
     assert_eq!(files, distinct.len());
-    let index_json: Value =
-        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
-    let names: Vec<&str> = index_json["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| {
-            m["annotations"]["org.opencontainers.image.ref.name"]
-                .as_str()
-                .unwrap()
-        })
-        .collect();
-    assert_eq!(names, vec![tool.as_str(), app_ref.as_str()]);
+    assert_eq!(layout_names(&layout), vec![tool.clone(), app_ref.clone()]);
 
     // skopeo reads the layout: the same bytes, and it pushes them on with
     // every platform and the same digests.
     for (name, digest) in [(&tool, sha256(&index)), (&app_ref, app.digest())] {
-        let raw = std::process::Command::new("skopeo")
-            .args(["inspect", "--raw"])
-            .arg(format!("oci:{}:{name}", layout.display()))
-            .output()
-            .unwrap();
-        assert!(
-            raw.status.success(),
-            "{}",
-            String::from_utf8_lossy(&raw.stderr)
-        );
-        assert_eq!(sha256(&raw.stdout), digest);
+        let raw = skopeo(&[
+            "inspect",
+            "--raw",
+            &format!("oci:{}:{name}", layout.display()),
+        ]);
+        assert_eq!(sha256(&raw), digest);
     }
-    let copied = std::process::Command::new("skopeo")
-        .args([
-            "copy",
-            "--all",
-            "--preserve-digests",
-            "--dest-tls-verify=false",
-        ])
-        .arg(format!("oci:{}:{tool}", layout.display()))
-        .arg(format!("docker://{}/carried/tool:1.0", dest.host()))
-        .output()
-        .unwrap();
-    assert!(
-        copied.status.success(),
-        "{}",
-        String::from_utf8_lossy(&copied.stderr)
-    );
+    skopeo(&[
+        "copy",
+        "--all",
+        "--preserve-digests",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:{tool}", layout.display()),
+        &format!("docker://{}/carried/tool:1.0", dest.host()),
+    ]);
     assert_eq!(skopeo_digest(&dest, "carried/tool:1.0"), sha256(&index));
 
     // Again: nothing new to write.
@@ -660,34 +663,21 @@ async fn an_oci_archive_carries_several_images_that_skopeo_reads() {
         .collect();
     assert_eq!(left, vec!["images.tar".to_string()]);
     for (name, digest) in [(&tool, sha256(&index)), (&app_ref, app.digest())] {
-        let raw = std::process::Command::new("skopeo")
-            .args(["inspect", "--raw"])
-            .arg(format!("oci-archive:{}:{name}", archive.display()))
-            .output()
-            .unwrap();
-        assert!(
-            raw.status.success(),
-            "{}",
-            String::from_utf8_lossy(&raw.stderr)
-        );
-        assert_eq!(sha256(&raw.stdout), digest);
+        let raw = skopeo(&[
+            "inspect",
+            "--raw",
+            &format!("oci-archive:{}:{name}", archive.display()),
+        ]);
+        assert_eq!(sha256(&raw), digest);
     }
-    let copied = std::process::Command::new("skopeo")
-        .args([
-            "copy",
-            "--all",
-            "--preserve-digests",
-            "--dest-tls-verify=false",
-        ])
-        .arg(format!("oci-archive:{}:{tool}", archive.display()))
-        .arg(format!("docker://{}/carried/tool:2.0", dest.host()))
-        .output()
-        .unwrap();
-    assert!(
-        copied.status.success(),
-        "{}",
-        String::from_utf8_lossy(&copied.stderr)
-    );
+    skopeo(&[
+        "copy",
+        "--all",
+        "--preserve-digests",
+        "--dest-tls-verify=false",
+        &format!("oci-archive:{}:{tool}", archive.display()),
+        &format!("docker://{}/carried/tool:2.0", dest.host()),
+    ]);
     assert_eq!(skopeo_digest(&dest, "carried/tool:2.0"), sha256(&index));
 }
 
@@ -940,19 +930,7 @@ async fn a_list_file_fills_an_oci_layout() {
     assert!(ok, "{stderr}");
     assert_eq!(reports[0]["digest"], one.digest());
     assert_eq!(reports[1]["digest"], two.digest());
-    let index: Value =
-        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
-    let names: Vec<&str> = index["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| {
-            m["annotations"]["org.opencontainers.image.ref.name"]
-                .as_str()
-                .unwrap()
-        })
-        .collect();
-    assert_eq!(names, vec![first.as_str(), second.as_str()]);
+    assert_eq!(layout_names(&layout), vec![first.clone(), second.clone()]);
 }
 
 /// gzip of `data` in stored (uncompressed) deflate blocks: real gzip, which
