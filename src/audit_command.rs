@@ -29,7 +29,9 @@ fn options(args: &ClusterArgs) -> ClusterOptions {
 /// Reads the cluster, with a spinner on a terminal when `progress`.
 async fn read(args: &ClusterArgs, progress: bool) -> Result<Inventory, String> {
     let opts = options(args);
-    let client = cluster::connect(&opts).await.map_err(|e| e.to_string())?;
+    let client = cluster::connect(opts.kubeconfig.as_deref(), opts.context.as_deref())
+        .await
+        .map_err(|e| e.to_string())?;
     let spinner = indicatif::ProgressBar::new_spinner();
     if !(progress && std::io::stderr().is_terminal()) {
         spinner.set_draw_target(indicatif::ProgressDrawTarget::hidden());

@@ -169,8 +169,12 @@ pub fn not_after_of_pem(pem: &str) -> Result<i64, CertError> {
         .next()
         .ok_or_else(|| CertError::Parse("no certificate in PEM".into()))?
         .map_err(|e| CertError::Parse(e.to_string()))?;
-    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
-        .map_err(|e| CertError::Parse(e.to_string()))?;
+    not_after(&der).map_err(CertError::Parse)
+}
+
+/// notAfter of a DER certificate, Unix seconds; the parser's error.
+pub fn not_after(der: &rustls_pki_types::CertificateDer<'_>) -> Result<i64, String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).map_err(|e| e.to_string())?;
     Ok(cert.validity().not_after.timestamp())
 }
 

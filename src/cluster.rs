@@ -48,15 +48,19 @@ pub struct ClusterOptions {
     pub webhook: String,
 }
 
-/// A client for the configured cluster.
-pub async fn connect(opts: &ClusterOptions) -> Result<Client, ClusterError> {
+/// A client for the cluster of `kubeconfig` (else `KUBECONFIG`,
+/// `~/.kube/config` or the in-cluster service account) and `context`.
+pub async fn connect(
+    kubeconfig: Option<&std::path::Path>,
+    context: Option<&str>,
+) -> Result<Client, ClusterError> {
     use kube::config::{KubeConfigOptions, Kubeconfig};
     let options = KubeConfigOptions {
-        context: opts.context.clone(),
+        context: context.map(str::to_string),
         ..KubeConfigOptions::default()
     };
     let config_error = |e: &dyn std::fmt::Display| ClusterError::Config(e.to_string());
-    let config = match (&opts.kubeconfig, &opts.context) {
+    let config = match (kubeconfig, context) {
         (Some(path), _) => {
             let file = Kubeconfig::read_from(path).map_err(|e| config_error(&e))?;
             kube::Config::from_custom_kubeconfig(file, &options)

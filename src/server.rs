@@ -330,14 +330,7 @@ pub async fn run(opts: ServeOptions) -> Result<(), ServeError> {
     // admin server answers (not ready) meanwhile.
     let managed = match &opts.managed {
         Some(setup) => {
-            let cluster = crate::cluster::ClusterOptions {
-                kubeconfig: setup.kubeconfig.clone(),
-                context: None,
-                namespace: None,
-                page_size: 1,
-                webhook: String::new(),
-            };
-            let client = crate::cluster::connect(&cluster)
+            let client = crate::cluster::connect(setup.kubeconfig.as_deref(), None)
                 .await
                 .map_err(|e| ServeError::Managed(e.to_string()))?;
             let manager = crate::managed_certs::ManagedCerts::new(client, setup.options.clone());

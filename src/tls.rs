@@ -90,8 +90,8 @@ impl TlsSource {
         let leaf = chain
             .first()
             .ok_or_else(|| TlsError::NoCertificate(cert_label.to_string()))?;
-        let not_after =
-            not_after(leaf).map_err(|e| TlsError::Certificate(cert_label.to_string(), e))?;
+        let not_after = crate::certs::not_after(leaf)
+            .map_err(|e| TlsError::Certificate(cert_label.to_string(), e))?;
         if not_after < now_unix() {
             return Err(TlsError::Expired(cert_label.to_string()));
         }
@@ -131,11 +131,6 @@ impl TlsSource {
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path).map_err(|e| TlsError::Read(path.display().to_string(), e))
-}
-
-fn not_after(der: &CertificateDer<'_>) -> Result<i64, String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).map_err(|e| e.to_string())?;
-    Ok(cert.validity().not_after.timestamp())
 }
 
 fn now_unix() -> i64 {

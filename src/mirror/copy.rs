@@ -426,7 +426,7 @@ impl Copier {
             if layout.has_blob(&m.digest)? {
                 report.manifests_skipped += 1;
             } else {
-                layout.write_manifest(m).await?;
+                layout.write_manifest(m)?;
                 report.manifests_copied += 1;
             }
         }
@@ -445,24 +445,34 @@ impl Copier {
             return Ok(BlobOutcome::Skipped);
         }
         observer.planned(blob.size);
-        let mut attempt = 0;
+        self.retrying(&blob.digest, || async {
+            let stream = Source::Registry(src)
+                .blob(&self.client, &blob.digest)
+                .await?;
+            let n = layout
+                .write_blob(&blob.digest, blob.size, stream, |n| observer.transferred(n))
+                .await?;
+            Ok(BlobOutcome::Copied(n))
+        })
+        .await
+    }
+
+    /// Runs `attempt` again after a retryable failure (a connection error or
+    /// 5xx mid-transfer), up to the configured retries, with backoff.
+    async fn retrying<F, Fut>(&self, what: &str, mut attempt: F) -> Result<BlobOutcome, MirrorError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<BlobOutcome, MirrorError>>,
+    {
+        let mut tries = 0;
         loop {
-            let result = async {
-                let response = self.client.get_blob(src, &blob.digest).await?;
-                layout
-                    .write_blob(&blob.digest, blob.size, response.bytes_stream(), |n| {
-                        observer.transferred(n)
-                    })
-                    .await
-            }
-            .await;
-            match result {
-                Ok(n) => return Ok(BlobOutcome::Copied(n)),
-                Err(e) if e.is_retryable() && attempt < self.options.retries => {
-                    tokio::time::sleep(backoff(attempt)).await;
-                    attempt += 1;
+            match attempt().await {
+                Err(e) if e.is_retryable() && tries < self.options.retries => {
+                    tracing::debug!(blob = %what, attempt = tries, error = %e, "retrying blob");
+                    tokio::time::sleep(backoff(tries)).await;
+                    tries += 1;
                 }
-                Err(e) => return Err(e),
+                other => return other,
             }
         }
     }
@@ -487,17 +497,10 @@ impl Copier {
         blob: &Target,
         observer: Arc<dyn Observer>,
     ) -> Result<BlobOutcome, MirrorError> {
-        let mut attempt = 0;
-        loop {
-            match self.copy_blob_once(src, dst, blob, observer.clone()).await {
-                Err(e) if e.is_retryable() && attempt < self.options.retries => {
-                    tracing::debug!(blob = %blob.digest, attempt, error = %e, "retrying blob");
-                    tokio::time::sleep(backoff(attempt)).await;
-                    attempt += 1;
-                }
-                other => return other,
-            }
-        }
+        self.retrying(&blob.digest, || {
+            self.copy_blob_once(src, dst, blob, observer.clone())
+        })
+        .await
     }
 
     async fn copy_blob_once(

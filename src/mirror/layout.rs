@@ -100,7 +100,7 @@ impl OciLayout {
             .map_err(|_| bad("no manifest.json: not a docker save archive".into()))?;
         let images: Value =
             serde_json::from_slice(&text).map_err(|e| bad(format!("manifest.json: {e}")))?;
-        // Files are moved into blobs/ by digest (hashed on the way).
+        // Files are copied into blobs/ by digest (hashed first).
         let store = |relative: &str| -> Result<(String, u64), MirrorError> {
             // Follow the archive's inner links (a few hops at most).
             let mut at = normal(Path::new(relative));
@@ -131,12 +131,10 @@ impl OciLayout {
                 size += n as u64;
             }
             let digest = hasher.finish();
-            let target = layout.blob_path(&digest)?;
-            if let Some(parent) = target.parent() {
-                std::fs::create_dir_all(parent).map_err(|e| io(parent, e))?;
-            }
-            if !target.exists() {
-                std::fs::copy(&path, &target).map_err(|e| io(&target, e))?;
+            if !layout.has_blob(&digest)? {
+                let (target, partial) = layout.blob_paths(&digest)?;
+                std::fs::copy(&path, &partial).map_err(|e| io(&partial, e))?;
+                std::fs::rename(&partial, &target).map_err(|e| io(&target, e))?;
             }
             Ok((digest, size))
         };
@@ -173,11 +171,7 @@ impl OciLayout {
                 digest: super::digest::digest_of(&bytes, None)?,
                 bytes: bytes.into(),
             };
-            let target = layout.blob_path(&top.digest)?;
-            if let Some(parent) = target.parent() {
-                std::fs::create_dir_all(parent).map_err(|e| io(parent, e))?;
-            }
-            std::fs::write(&target, &top.bytes).map_err(|e| io(&target, e))?;
+            layout.write_manifest(&top)?;
             let tags: Vec<String> = image["RepoTags"]
                 .as_array()
                 .into_iter()
@@ -329,16 +323,7 @@ impl OciLayout {
         S: Stream<Item = Result<bytes::Bytes, E>>,
         E: std::fmt::Display,
     {
-        let path = self.blob_path(digest)?;
-        let parent = path.parent().unwrap_or(&self.dir).to_path_buf();
-        tokio::fs::create_dir_all(&parent)
-            .await
-            .map_err(|e| io(&parent, e))?;
-        let partial = parent.join(format!(
-            ".partial-{}-{}",
-            std::process::id(),
-            path.file_name().and_then(|n| n.to_str()).unwrap_or("blob")
-        ));
+        let (path, partial) = self.blob_paths(digest)?;
         let result = async {
             let mut file = tokio::fs::File::create(&partial)
                 .await
@@ -386,19 +371,35 @@ impl OciLayout {
     }
 
     /// Stores a manifest as a blob (its bytes as served).
-    pub async fn write_manifest(&self, manifest: &ManifestBytes) -> Result<(), MirrorError> {
+    pub fn write_manifest(&self, manifest: &ManifestBytes) -> Result<(), MirrorError> {
         if self.has_blob(&manifest.digest)? {
             return Ok(());
         }
-        let chunk: Result<bytes::Bytes, std::io::Error> = Ok(manifest.bytes.clone());
-        self.write_blob(
-            &manifest.digest,
-            manifest.bytes.len() as u64,
-            futures_util::stream::iter([chunk]),
-            |_| {},
-        )
-        .await
-        .map(|_| ())
+        let actual = super::digest::digest_of(&manifest.bytes, Some(&manifest.digest))?;
+        if actual != manifest.digest {
+            return Err(MirrorError::DigestMismatch {
+                what: format!("manifest {}", manifest.digest),
+                expected: manifest.digest.clone(),
+                actual,
+            });
+        }
+        let (path, partial) = self.blob_paths(&manifest.digest)?;
+        std::fs::write(&partial, &manifest.bytes).map_err(|e| io(&partial, e))?;
+        std::fs::rename(&partial, &path).map_err(|e| io(&path, e))
+    }
+
+    /// A blob's place and the temporary file it is written to first (in the
+    /// same directory, so the rename is atomic); the directory is created.
+    fn blob_paths(&self, digest: &str) -> Result<(PathBuf, PathBuf), MirrorError> {
+        let path = self.blob_path(digest)?;
+        let parent = path.parent().unwrap_or(&self.dir).to_path_buf();
+        std::fs::create_dir_all(&parent).map_err(|e| io(&parent, e))?;
+        let partial = parent.join(format!(
+            ".partial-{}-{}",
+            std::process::id(),
+            path.file_name().and_then(|n| n.to_str()).unwrap_or("blob")
+        ));
+        Ok((path, partial))
     }
 
     /// Packs the layout into `archive` (an `oci-archive:` tar): `oci-layout`,

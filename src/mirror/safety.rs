@@ -79,9 +79,7 @@ impl AddressPolicy {
             Err(_) => Ok(()),
         }
     }
-}
 
-impl AddressPolicy {
     /// A registry reached through a forward proxy: the proxy resolves its
     /// name, so detour checks first. An IP literal is checked as such; a name
     /// that resolves here to any refused address is refused; a name that
