@@ -68,48 +68,41 @@ fn image(pod: &Value, list: &str, i: usize) -> String {
     pod["spec"][list][i]["image"].as_str().unwrap().to_string()
 }
 
-/// Waits until the apiserver sends `ns`'s Pods to detour's enforce webhook
-/// (a new webhook configuration takes a moment to reach its informer).
+/// Creates dry-run probe Pods in `ns` until `done(stored, kubectl's
+/// stderr)`: a change of webhook configuration or namespace label takes a
+/// moment to reach the apiserver's informers. Returns the last probe.
+fn wait_for(cp: &ControlPlane, ns: &str, what: &str, done: impl Fn(&Value, &str) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (probe, stderr) = create(cp, ns, &pause_pod("probe"), &["--dry-run=server"]);
+        if done(&probe, &stderr) {
+            return probe;
+        }
+        assert!(Instant::now() < deadline, "{ns}: {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Until the apiserver sends `ns`'s Pods to detour's enforce webhook.
 fn wait_enforced(cp: &ControlPlane, ns: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (probe, _) = create(cp, ns, &pause_pod("probe"), &["--dry-run=server"]);
-        if image(&probe, "containers", 0) == PAUSE_MIRRORED {
-            return;
-        }
-        assert!(Instant::now() < deadline, "webhook never called for {ns}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for(cp, ns, "webhook never called", |probe, _| {
+        image(probe, "containers", 0) == PAUSE_MIRRORED
+    });
 }
 
-/// Waits until a dry-run Pod in `ns` is left alone by the webhooks.
+/// Until a dry-run Pod in `ns` is left alone by the webhooks.
 fn wait_untouched(cp: &ControlPlane, ns: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (probe, stderr) = create(cp, ns, &pause_pod("probe"), &["--dry-run=server"]);
-        if image(&probe, "containers", 0) == PAUSE && !stderr.contains("detour") {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{ns} is still handled by detour");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for(cp, ns, "still handled by detour", |probe, stderr| {
+        image(probe, "containers", 0) == PAUSE && !stderr.contains("detour")
+    });
 }
 
-/// Waits until the audit webhook answers for `ns` (a dry run prints its warning).
+/// Until the audit webhook answers for `ns` (a dry run prints its warning).
 fn wait_audited(cp: &ControlPlane, ns: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (probe, stderr) = create(cp, ns, &pause_pod("probe"), &["--dry-run=server"]);
-        if stderr.contains("detour: would rewrite") {
-            assert_eq!(image(&probe, "containers", 0), PAUSE);
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "audit webhook never called for {ns}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let probe = wait_for(cp, ns, "audit webhook never called", |_, stderr| {
+        stderr.contains("detour: would rewrite")
+    });
+    assert_eq!(image(&probe, "containers", 0), PAUSE);
 }
 
 #[test]

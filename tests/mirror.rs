@@ -522,6 +522,26 @@ fn layout_names(layout: &std::path::Path) -> Vec<String> {
         .collect()
 }
 
+/// skopeo reads each image at `location` (`oci:DIR` or `oci-archive:FILE`)
+/// as the same bytes, and pushes `push` on to `dest/to` with every platform
+/// and the same digest.
+fn skopeo_agrees(location: &str, images: &[(&str, String)], push: &str, dest: &Registry, to: &str) {
+    for (name, digest) in images {
+        let raw = skopeo(&["inspect", "--raw", &format!("{location}:{name}")]);
+        assert_eq!(&sha256(&raw), digest, "{name}");
+    }
+    skopeo(&[
+        "copy",
+        "--all",
+        "--preserve-digests",
+        "--dest-tls-verify=false",
+        &format!("{location}:{push}"),
+        &format!("docker://{}/{to}", dest.host()),
+    ]);
+    let pushed = images.iter().find(|(n, _)| *n == push).unwrap();
+    assert_eq!(skopeo_digest(dest, to), pushed.1);
+}
+
 #[tokio::test]
 async fn images_go_into_an_oci_layout_that_skopeo_reads_and_pushes() {
     let source = Registry::start(RegistryOptions::default());
@@ -566,23 +586,13 @@ async fn images_go_into_an_oci_layout_that_skopeo_reads_and_pushes() {
 
     // skopeo reads the layout: the same bytes, and it pushes them on with
     // every platform and the same digests.
-    for (name, digest) in [(&tool, sha256(&index)), (&app_ref, app.digest())] {
-        let raw = skopeo(&[
-            "inspect",
-            "--raw",
-            &format!("oci:{}:{name}", layout.display()),
-        ]);
-        assert_eq!(sha256(&raw), digest);
-    }
-    skopeo(&[
-        "copy",
-        "--all",
-        "--preserve-digests",
-        "--dest-tls-verify=false",
-        &format!("oci:{}:{tool}", layout.display()),
-        &format!("docker://{}/carried/tool:1.0", dest.host()),
-    ]);
-    assert_eq!(skopeo_digest(&dest, "carried/tool:1.0"), sha256(&index));
+    skopeo_agrees(
+        &format!("oci:{}", layout.display()),
+        &[(&tool, sha256(&index)), (&app_ref, app.digest())],
+        &tool,
+        &dest,
+        "carried/tool:1.0",
+    );
 
     // Again: nothing new to write.
     let (ok, reports, stderr) = mirror(&args(&[&tool, "--to", &to], &flags), &[]);
@@ -662,23 +672,13 @@ async fn an_oci_archive_carries_several_images_that_skopeo_reads() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(left, vec!["images.tar".to_string()]);
-    for (name, digest) in [(&tool, sha256(&index)), (&app_ref, app.digest())] {
-        let raw = skopeo(&[
-            "inspect",
-            "--raw",
-            &format!("oci-archive:{}:{name}", archive.display()),
-        ]);
-        assert_eq!(sha256(&raw), digest);
-    }
-    skopeo(&[
-        "copy",
-        "--all",
-        "--preserve-digests",
-        "--dest-tls-verify=false",
-        &format!("oci-archive:{}:{tool}", archive.display()),
-        &format!("docker://{}/carried/tool:2.0", dest.host()),
-    ]);
-    assert_eq!(skopeo_digest(&dest, "carried/tool:2.0"), sha256(&index));
+    skopeo_agrees(
+        &format!("oci-archive:{}", archive.display()),
+        &[(&tool, sha256(&index)), (&app_ref, app.digest())],
+        &tool,
+        &dest,
+        "carried/tool:2.0",
+    );
 }
 
 /// `detour mirror` with `--plain-http` for `registries` and `extra` args.
