@@ -6,6 +6,10 @@ use detour::config::Config;
 use detour::rules::RuleSet;
 use std::hint::black_box;
 
+// The allocator the `detour` binary runs with, so the figures are the server's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn rule_set(n: usize) -> RuleSet {
     // Realistic shape: a handful of real registries plus many synthetic hosts
     // and per-repository rules, so lookups hit populated hash buckets.

@@ -4,26 +4,27 @@
 //! bytes and the mode that the request path selects; this module returns the
 //! response bytes and a [`Summary`] for logs and metrics.
 //!
-//! The request envelope is decoded zero-copy: `object` and `oldObject` stay
-//! raw JSON until the kind, resource and operation say they are ours, and then
-//! only [`pod::PodView`]'s fields are read. (kube's `AdmissionReview<T>`
-//! flattens its type meta, which makes serde buffer the whole body first.)
-//! Responses are kube's typed `AdmissionResponse`, built from a typed
-//! `AdmissionRequest`, so uid and apiVersion are echoed by construction; a
-//! `v1beta1` request is answered in `v1beta1`.
+//! This is the hot path of every Pod creation in a cluster, so it is built to
+//! cost little: the request is decoded in one pass, borrowed from the body,
+//! reading only the fields detour uses ([`decode`], [`pod::PodView`]); images
+//! are decided through the rule set's decision cache; the response is written
+//! once into one buffer ([`encode`]). uid, apiVersion and kind are echoed
+//! from the request, so a `v1beta1` request is answered in `v1beta1`. The
+//! bytes equal those of kube's typed `AdmissionResponse` encoded by serde
+//! (a test compares them for a corpus of Pods).
 
+pub mod decode;
+mod encode;
+mod json;
 pub mod pod;
 
-use std::collections::HashMap;
-
-use base64::Engine as _;
-use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
-use kube::core::{DynamicObject, GroupVersionKind, GroupVersionResource, TypeMeta};
+use kube::core::admission::Operation;
 use serde::de::IgnoredAny;
-use serde::Deserialize;
 
 use crate::config::{Config, GlobalMode};
 use crate::rules::Swap;
+use decode::{Objects, RequestEnvelope, Text};
+use encode::Answer;
 use pod::{ContainerSkip, ContainerSkipKind, ImageChange, Plan, PodSkip, PodView, Scope};
 
 /// How a request is answered: patched, or only reported.
@@ -107,85 +108,6 @@ pub struct Reviewed {
     pub summary: Summary,
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase", bound(deserialize = "O: Deserialize<'de>"))]
-struct ReviewEnvelope<O> {
-    #[serde(default)]
-    api_version: String,
-    #[serde(default)]
-    kind: String,
-    request: Option<RequestEnvelope<O>>,
-}
-
-/// The request; `O` is [`PodView`] on the fast path (one pass over the
-/// body), or `IgnoredAny` when the object is not a readable Pod.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase", bound(deserialize = "O: Deserialize<'de>"))]
-struct RequestEnvelope<O> {
-    uid: String,
-    kind: GroupVersionKind,
-    resource: GroupVersionResource,
-    #[serde(default)]
-    sub_resource: Option<String>,
-    #[serde(default)]
-    name: String,
-    #[serde(default)]
-    namespace: Option<String>,
-    operation: Operation,
-    #[serde(default)]
-    dry_run: bool,
-    #[serde(default = "none")]
-    object: Option<O>,
-    #[serde(default = "none")]
-    old_object: Option<O>,
-}
-
-fn none<O>() -> Option<O> {
-    None
-}
-
-/// The decoded objects, or why the object could not be read as a Pod.
-type Objects = Result<(Option<PodView>, Option<PodView>), String>;
-
-/// Decodes the body in one pass when it holds a readable Pod; otherwise
-/// decodes the envelope alone, so that other kinds are still answered.
-fn decode(body: &[u8]) -> Result<(ReviewEnvelope<IgnoredAny>, Objects), ReviewError> {
-    match serde_json::from_slice::<ReviewEnvelope<PodView>>(body) {
-        Ok(envelope) => {
-            let (request, objects) = match envelope.request {
-                Some(r) => {
-                    let objects = Ok((r.object, r.old_object));
-                    let request = RequestEnvelope {
-                        uid: r.uid,
-                        kind: r.kind,
-                        resource: r.resource,
-                        sub_resource: r.sub_resource,
-                        name: r.name,
-                        namespace: r.namespace,
-                        operation: r.operation,
-                        dry_run: r.dry_run,
-                        object: None,
-                        old_object: None,
-                    };
-                    (Some(request), objects)
-                }
-                None => (None, Ok((None, None))),
-            };
-            let envelope = ReviewEnvelope {
-                api_version: envelope.api_version,
-                kind: envelope.kind,
-                request,
-            };
-            Ok((envelope, objects))
-        }
-        Err(pod_error) => {
-            let envelope = serde_json::from_slice::<ReviewEnvelope<IgnoredAny>>(body)
-                .map_err(|e| ReviewError::Malformed(e.to_string()))?;
-            Ok((envelope, Err(format!("cannot read Pod: {pod_error}"))))
-        }
-    }
-}
-
 /// Answers one AdmissionReview body, with no knowledge of what the mirror
 /// holds (`swap: if-present` changes are then left out).
 pub fn review(body: &[u8], path_mode: Mode, config: &Config) -> Result<Reviewed, ReviewError> {
@@ -193,58 +115,43 @@ pub fn review(body: &[u8], path_mode: Mode, config: &Config) -> Result<Reviewed,
 }
 
 /// A decoded request with its plan, waiting for the answers to
-/// [`Prepared::lookups`] before the response is built.
-pub struct Prepared {
-    allowed: AdmissionResponse,
+/// [`Prepared::lookups`] before the response is built. Borrows the body.
+pub struct Prepared<'a> {
+    api_version: Text<'a>,
+    kind: Text<'a>,
     summary: Summary,
-    work: Work,
+    work: Work<'a>,
 }
 
 // One value per request, moved once: boxing the Pod would only add an allocation.
 #[allow(clippy::large_enum_variant)]
-enum Work {
+enum Work<'a> {
     Nothing,
     Failed(String),
     Pod {
-        pod: PodView,
+        pod: PodView<'a>,
         plan: Plan,
         scope: Scope,
     },
 }
 
 /// Decodes a body and plans the rewrite; no response yet.
-pub fn prepare(body: &[u8], path_mode: Mode, config: &Config) -> Result<Prepared, ReviewError> {
-    let (envelope, objects) = decode(body)?;
+pub fn prepare<'a>(
+    body: &'a [u8],
+    path_mode: Mode,
+    config: &Config,
+) -> Result<Prepared<'a>, ReviewError> {
+    let (envelope, objects) =
+        decode::decode(body).map_err(|e| ReviewError::Malformed(e.to_string()))?;
     let request = envelope.request.ok_or(ReviewError::MissingRequest)?;
     let mode = match config.mode {
         GlobalMode::Audit => Mode::Audit,
         GlobalMode::Enforce => path_mode,
     };
-    let typed = AdmissionRequest::<DynamicObject> {
-        types: TypeMeta {
-            api_version: envelope.api_version,
-            kind: envelope.kind,
-        },
-        uid: request.uid.clone(),
-        kind: request.kind.clone(),
-        resource: request.resource.clone(),
-        sub_resource: request.sub_resource.clone(),
-        request_kind: None,
-        request_resource: None,
-        request_sub_resource: None,
-        name: request.name.clone(),
-        namespace: request.namespace.clone(),
-        operation: request.operation.clone(),
-        user_info: Default::default(),
-        object: None,
-        old_object: None,
-        dry_run: request.dry_run,
-        options: None,
-    };
     let mut summary = Summary {
-        uid: request.uid.clone(),
-        namespace: request.namespace.clone().unwrap_or_default(),
-        name: request.name.clone(),
+        uid: request.uid.to_string(),
+        namespace: request.namespace.as_deref().unwrap_or_default().to_string(),
+        name: request.name.to_string(),
         mode,
         dry_run: request.dry_run,
         disposition: Disposition::NotHandled,
@@ -252,7 +159,6 @@ pub fn prepare(body: &[u8], path_mode: Mode, config: &Config) -> Result<Prepared
         deferred: vec![],
         skipped: vec![],
     };
-    let allowed = AdmissionResponse::from(&typed);
     // Anything below that goes wrong is detour's fault: answer "allowed,
     // unchanged" with the uid, never an error the apiserver would act on.
     let planned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -265,13 +171,14 @@ pub fn prepare(body: &[u8], path_mode: Mode, config: &Config) -> Result<Prepared
         Err(_) => Work::Failed("internal panic".into()),
     };
     Ok(Prepared {
-        allowed,
+        api_version: envelope.api_version,
+        kind: envelope.kind,
         summary,
         work,
     })
 }
 
-impl Prepared {
+impl Prepared<'_> {
     /// Rewritten references whose rule swaps only when the mirror has them.
     pub fn lookups(&self) -> Vec<&str> {
         let Work::Pod { plan, .. } = &self.work else {
@@ -281,7 +188,7 @@ impl Prepared {
             .changes
             .iter()
             .filter(|c| c.mirror.swap == Swap::IfPresent)
-            .map(|c| c.to.as_str())
+            .map(|c| &*c.to)
             .collect();
         out.sort_unstable();
         out.dedup();
@@ -300,7 +207,8 @@ impl Prepared {
     /// reference that [`Prepared::lookups`] listed.
     pub fn finish(self, present: &dyn Fn(&str) -> bool) -> Reviewed {
         let Prepared {
-            allowed,
+            api_version,
+            kind,
             mut summary,
             work,
         } = self;
@@ -323,50 +231,37 @@ impl Prepared {
                 }
             }
         };
-        let response = match parts {
-            None => allowed,
-            Some(parts) => parts.apply(allowed.clone()).unwrap_or_else(|message| {
-                summary.disposition = Disposition::FailedOpen(message);
-                allowed
-            }),
-        };
-        Reviewed {
-            body: encode(response),
-            summary,
-        }
+        let parts = parts.unwrap_or_default();
+        let body = encode::encode(&Answer {
+            api_version: &api_version,
+            kind: &kind,
+            uid: &summary.uid,
+            patch: parts.patch.as_deref(),
+            audit_annotation: parts.audit_annotation.as_deref(),
+            warnings: &parts.warnings,
+        });
+        Reviewed { body, summary }
     }
 }
 
 /// What to add to the allowed response.
+#[derive(Default)]
 struct ResponseParts {
-    patch: Option<json_patch::Patch>,
+    /// The JSON Patch, as JSON.
+    patch: Option<Vec<u8>>,
     warnings: Vec<String>,
-    audit_annotations: HashMap<String, String>,
-}
-
-impl ResponseParts {
-    fn apply(self, mut response: AdmissionResponse) -> Result<AdmissionResponse, String> {
-        if !self.warnings.is_empty() {
-            response.warnings = Some(self.warnings);
-        }
-        response.audit_annotations = self.audit_annotations;
-        match self.patch {
-            Some(patch) => response
-                .with_patch(patch)
-                .map_err(|e| format!("cannot serialize patch: {e}")),
-            None => Ok(response),
-        }
-    }
+    /// The [`AUDIT_ANNOTATION`]'s value.
+    audit_annotation: Option<String>,
 }
 
 /// Is this request ours, and what would change? `None`: allowed untouched.
-fn plan_request(
-    request: &RequestEnvelope<IgnoredAny>,
-    objects: Objects,
+fn plan_request<'a>(
+    request: &RequestEnvelope<'a, IgnoredAny>,
+    objects: Objects<'a>,
     config: &Config,
     summary: &mut Summary,
-) -> Result<Option<(PodView, Plan, Scope)>, String> {
-    let is_pod = request.kind.group.is_empty() && request.kind.kind == "Pod";
+) -> Result<Option<(PodView<'a>, Plan, Scope)>, String> {
+    let is_pod = request.kind.group.is_empty() && &*request.kind.kind == "Pod";
     let scope = match (is_pod, &request.operation, request.sub_resource.as_deref()) {
         (true, Operation::Create, None) => Scope::Create,
         (true, Operation::Update, Some("ephemeralcontainers")) => Scope::NewEphemeralContainers,
@@ -377,7 +272,7 @@ fn plan_request(
     if summary.name.is_empty() {
         summary.name = pod.display_name().to_string();
     }
-    let plan: Plan = pod::plan(&pod, old.as_ref(), scope, config);
+    let plan = pod::plan(&pod, old.as_ref(), scope, config);
     if let Some(skip) = plan.pod_skip {
         summary.disposition = Disposition::Skipped(skip);
         return Ok(None);
@@ -393,11 +288,7 @@ fn respond(
     summary: &mut Summary,
 ) -> ResponseParts {
     let mode = summary.mode;
-    let mut parts = ResponseParts {
-        patch: None,
-        warnings: vec![],
-        audit_annotations: HashMap::new(),
-    };
+    let mut parts = ResponseParts::default();
     for skip in &plan.skipped {
         if skip.kind == ContainerSkipKind::InvalidReference {
             parts.warnings.push(truncate(&format!(
@@ -428,21 +319,15 @@ fn respond(
                 c.container, c.from, c.to
             )));
         }
-        let report: Vec<serde_json::Value> = plan
-            .changes
-            .iter()
-            .map(|c| serde_json::json!({"container": c.container, "from": c.from, "to": c.to, "rule": c.rule}))
-            .collect();
-        parts.audit_annotations.insert(
-            AUDIT_ANNOTATION.to_string(),
-            serde_json::Value::Array(report).to_string(),
-        );
+        parts.audit_annotation = Some(audit_report(&plan.changes));
     } else {
         summary.disposition = Disposition::Patched;
         // The ephemeralcontainers subresource keeps only ephemeral container
         // changes, so an annotation patch there would be silently dropped.
         let annotate = scope == Scope::Create;
-        parts.patch = Some(pod::patch(pod, &plan, annotate));
+        let mut patch = Vec::with_capacity(128 * (plan.changes.len() + 1));
+        pod::write_patch(pod, &plan, annotate, &mut patch);
+        parts.patch = Some(patch);
     }
     // The plan is no longer needed: hand its lists to the summary, not copies.
     summary.changes = plan.changes;
@@ -461,41 +346,36 @@ fn truncate(text: &str) -> String {
     out
 }
 
-/// The response review as sent: kube's typed response, except that the patch
-/// is base64 as the AdmissionReview API documents (kube serializes its
-/// `Vec<u8>` as a number array, which the apiserver also accepts but which is
-/// about three times larger).
-#[derive(serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ReviewOut<'a> {
-    api_version: &'a str,
-    kind: &'a str,
-    response: ResponseOut<'a>,
-}
-
-#[derive(serde::Serialize)]
-struct ResponseOut<'a> {
-    #[serde(flatten)]
-    response: &'a AdmissionResponse,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    patch: Option<String>,
-}
-
-fn encode(mut response: AdmissionResponse) -> Vec<u8> {
-    let patch = response
-        .patch
-        .take()
-        .map(|p| base64::engine::general_purpose::STANDARD.encode(p));
-    let types = response.types.clone();
-    let out = ReviewOut {
-        api_version: &types.api_version,
-        kind: &types.kind,
-        response: ResponseOut {
-            response: &response,
-            patch,
-        },
-    };
-    serde_json::to_vec(&out).unwrap_or_default()
+/// The audit annotation's value: a JSON array of
+/// `{"container", "from", "to", "rule"}` objects.
+fn audit_report(changes: &[ImageChange]) -> String {
+    let mut out = Vec::with_capacity(128 * changes.len());
+    out.push(b'[');
+    for (n, c) in changes.iter().enumerate() {
+        if n > 0 {
+            out.push(b',');
+        }
+        out.push(b'{');
+        for (i, (key, value)) in [
+            ("container", c.container.as_str()),
+            ("from", &c.from),
+            ("to", &c.to),
+            ("rule", &c.rule),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            if i > 0 {
+                out.push(b',');
+            }
+            json::key(&mut out, key);
+            json::string(&mut out, value);
+        }
+        out.push(b'}');
+    }
+    out.push(b']');
+    // Only UTF-8 strings and ASCII were written.
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// A JSON error body for requests that cannot be read.

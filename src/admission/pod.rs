@@ -1,20 +1,22 @@
 //! What detour reads of a Pod, what it decides, and the JSON Patch for it.
 //!
 //! Layer: pure core. [`PodView`] decodes only metadata and the image fields
-//! of the three container lists; everything else in a (possibly megabytes
-//! large) Pod is skipped by the deserializer. Patch operations are typed
-//! `json_patch` operations on `PointerBuf`s, so `/` and `~` in keys are
-//! escaped by construction.
+//! of the three container lists, borrowed from the request body; everything
+//! else in a (possibly megabytes large) Pod is skipped by the parser. Images
+//! are decided through the rule set's decision cache. The patch is written
+//! straight into a buffer: its pointers are fixed tokens plus one constant
+//! whose `/` escape is checked against jsonptr, its values escaped by serde_json.
 
 use std::collections::BTreeMap;
 
-use json_patch::jsonptr::PointerBuf;
-use json_patch::{AddOperation, Patch, PatchOperation, ReplaceOperation};
-use serde::Deserialize;
-use serde_json::Value;
+use std::sync::Arc;
 
+use serde::Deserialize;
+
+use super::decode::Text;
+use super::json;
 use crate::config::{Config, NeverPolicy};
-use crate::rules::{MirrorPolicy, Outcome};
+use crate::rules::{Decision, MirrorPolicy};
 
 /// Records container name → original image for every image detour rewrote.
 pub const ORIGINAL_IMAGES_ANNOTATION: &str = "detour.dev/original-images";
@@ -25,38 +27,98 @@ pub const SKIP_LABEL: &str = "detour.dev/skip";
 pub const MIRROR_POD_ANNOTATION: &str = "kubernetes.io/config.mirror";
 
 #[derive(Debug, Clone, Default, Deserialize)]
-pub struct PodView {
-    #[serde(default)]
-    pub metadata: MetaView,
-    #[serde(default)]
-    pub spec: PodSpecView,
+pub struct PodView<'a> {
+    #[serde(default, borrow)]
+    pub metadata: MetaView<'a>,
+    #[serde(default, borrow)]
+    pub spec: PodSpecView<'a>,
 }
 
 /// The metadata fields detour reads; `managedFields` and the rest are skipped.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct MetaView {
-    pub name: Option<String>,
-    pub generate_name: Option<String>,
-    pub labels: Option<BTreeMap<String, String>>,
-    pub annotations: Option<BTreeMap<String, String>>,
+pub struct MetaView<'a> {
+    #[serde(default, borrow)]
+    pub name: Option<Text<'a>>,
+    #[serde(default, borrow)]
+    pub generate_name: Option<Text<'a>>,
+    #[serde(default, borrow)]
+    pub labels: Option<PickedMap<'a>>,
+    #[serde(default, borrow)]
+    pub annotations: Option<PickedMap<'a>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct PodSpecView {
-    pub containers: Option<Vec<ContainerView>>,
-    pub init_containers: Option<Vec<ContainerView>>,
-    pub ephemeral_containers: Option<Vec<ContainerView>>,
+pub struct PodSpecView<'a> {
+    #[serde(default, borrow)]
+    pub containers: Option<Vec<ContainerView<'a>>>,
+    #[serde(default, borrow)]
+    pub init_containers: Option<Vec<ContainerView<'a>>>,
+    #[serde(default, borrow)]
+    pub ephemeral_containers: Option<Vec<ContainerView<'a>>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct ContainerView {
-    #[serde(default)]
-    pub name: String,
-    pub image: Option<String>,
-    pub image_pull_policy: Option<String>,
+pub struct ContainerView<'a> {
+    #[serde(default, borrow)]
+    pub name: Text<'a>,
+    #[serde(default, borrow)]
+    pub image: Option<Text<'a>>,
+    #[serde(default, borrow)]
+    pub image_pull_policy: Option<Text<'a>>,
+}
+
+/// The label and annotation keys detour reads.
+const READ_KEYS: [&str; 3] = [
+    SKIP_LABEL,
+    MIRROR_POD_ANNOTATION,
+    ORIGINAL_IMAGES_ANNOTATION,
+];
+
+/// A `map[string]string` (labels, annotations) of which only [`READ_KEYS`]
+/// are kept; every value is still checked to be a string. As with any map
+/// decoded by serde, the last of duplicate keys wins.
+#[derive(Debug, Clone, Default)]
+pub struct PickedMap<'a> {
+    kept: Vec<(Text<'a>, Text<'a>)>,
+}
+
+impl PickedMap<'_> {
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.kept
+            .iter()
+            .rev()
+            .find(|(k, _)| &**k == key)
+            .map(|(_, v)| &**v)
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for PickedMap<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct PickedVisitor<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for PickedVisitor<'a> {
+            type Value = PickedMap<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a map of strings")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                mut map: M,
+            ) -> Result<Self::Value, M::Error> {
+                let mut kept = Vec::new();
+                while let Some(key) = map.next_key::<Text<'a>>()? {
+                    let value: Text<'a> = map.next_value()?;
+                    if READ_KEYS.contains(&&*key) {
+                        kept.push((key, value));
+                    }
+                }
+                Ok(PickedMap { kept })
+            }
+        }
+        deserializer.deserialize_map(PickedVisitor(std::marker::PhantomData))
+    }
 }
 
 /// The three container lists, with their JSON field names.
@@ -83,8 +145,8 @@ impl ContainerList {
     }
 }
 
-impl PodView {
-    pub fn list(&self, which: ContainerList) -> &[ContainerView] {
+impl<'a> PodView<'a> {
+    pub fn list(&self, which: ContainerList) -> &[ContainerView<'a>] {
         let list = match which {
             ContainerList::Containers => &self.spec.containers,
             ContainerList::InitContainers => &self.spec.init_containers,
@@ -103,15 +165,11 @@ impl PodView {
     }
 
     fn annotation(&self, key: &str) -> Option<&str> {
-        self.metadata
-            .annotations
-            .as_ref()?
-            .get(key)
-            .map(String::as_str)
+        self.metadata.annotations.as_ref()?.get(key)
     }
 
     fn label(&self, key: &str) -> Option<&str> {
-        self.metadata.labels.as_ref()?.get(key).map(String::as_str)
+        self.metadata.labels.as_ref()?.get(key)
     }
 }
 
@@ -132,7 +190,8 @@ pub struct ImageChange {
     pub index: usize,
     pub container: String,
     pub from: String,
-    pub to: String,
+    /// Shared with the rule set's decision cache.
+    pub to: Arc<str>,
     pub rule: String,
     /// The rule's pre-mirroring settings.
     pub mirror: MirrorPolicy,
@@ -196,13 +255,14 @@ pub fn plan(pod: &PodView, old: Option<&PodView>, scope: Scope, config: &Config)
         (Scope::NewEphemeralContainers, Some(old)) => old
             .list(ContainerList::EphemeralContainers)
             .iter()
-            .map(|c| c.name.as_str())
+            .map(|c| &*c.name)
             .collect(),
         _ => Vec::new(),
     };
+    let mut decider = config.rules.decider();
     for &list in lists {
         for (index, container) in pod.list(list).iter().enumerate() {
-            if existing.contains(&container.name.as_str()) {
+            if existing.contains(&&*container.name) {
                 continue;
             }
             let Some(image) = container.image.as_deref() else {
@@ -212,109 +272,133 @@ pub fn plan(pod: &PodView, old: Option<&PodView>, scope: Scope, config: &Config)
                 && config.pull_policy_never == NeverPolicy::Skip
             {
                 plan.skipped.push(ContainerSkip {
-                    container: container.name.clone(),
+                    container: container.name.to_string(),
                     image: image.to_string(),
                     kind: ContainerSkipKind::PullPolicyNever,
                     reason: "imagePullPolicy is Never: the image must already be on the node under this name".into(),
                 });
                 continue;
             }
-            match config.rules.rewrite(image) {
-                Outcome::Rewritten { to, rule, .. } => plan.changes.push(ImageChange {
-                    list,
-                    index,
-                    container: container.name.clone(),
-                    from: image.to_string(),
-                    to: to.to_string(),
-                    rule: rule.name.clone(),
-                    mirror: rule.mirror,
-                }),
-                Outcome::Invalid(e) => plan.skipped.push(ContainerSkip {
-                    container: container.name.clone(),
+            match decider.decide(image) {
+                Decision::Rewrite { to, rule } => {
+                    let rule = &config.rules.rules()[rule];
+                    plan.changes.push(ImageChange {
+                        list,
+                        index,
+                        container: container.name.to_string(),
+                        from: image.to_string(),
+                        to,
+                        rule: rule.name.clone(),
+                        mirror: rule.mirror,
+                    })
+                }
+                Decision::Invalid(e) => plan.skipped.push(ContainerSkip {
+                    container: container.name.to_string(),
                     image: image.to_string(),
                     kind: ContainerSkipKind::InvalidReference,
                     reason: format!("not a valid image reference, allowed unchanged: {e}"),
                 }),
-                Outcome::Unchanged(..) | Outcome::Placeholder => {}
+                Decision::Keep => {}
             }
         }
     }
     plan
 }
 
-/// The JSON Patch for `plan`: one `replace` per image, then the
-/// original-images annotation (created, or merged with what earlier
+/// The JSON Pointer of the original-images annotation (`/` in the key
+/// escaped as `~1`; a test checks it against jsonptr's encoding).
+pub const ORIGINAL_IMAGES_POINTER: &str = "/metadata/annotations/detour.dev~1original-images";
+
+/// Writes the JSON Patch for `plan` into `out`: one `replace` per image, then
+/// the original-images annotation (created, or merged with what earlier
 /// invocations recorded, so reinvocation keeps it consistent).
-pub fn patch(pod: &PodView, plan: &Plan, annotate: bool) -> Patch {
-    let mut ops: Vec<PatchOperation> = plan
-        .changes
-        .iter()
-        .map(|c| {
-            PatchOperation::Replace(ReplaceOperation {
-                path: PointerBuf::from_tokens([
-                    "spec",
-                    c.list.field(),
-                    &c.index.to_string(),
-                    "image",
-                ]),
-                value: Value::String(c.to.clone()),
-            })
-        })
-        .collect();
+///
+/// Pointers are fixed tokens (list field names, indexes) and
+/// [`ORIGINAL_IMAGES_POINTER`]; values are escaped by [`json::string`].
+pub fn write_patch(pod: &PodView, plan: &Plan, annotate: bool, out: &mut Vec<u8>) {
+    let mut digits = itoa::Buffer::new();
+    out.push(b'[');
+    for (n, c) in plan.changes.iter().enumerate() {
+        if n > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(br#"{"op":"replace","path":"/spec/"#);
+        out.extend_from_slice(c.list.field().as_bytes());
+        out.push(b'/');
+        out.extend_from_slice(digits.format(c.index).as_bytes());
+        out.extend_from_slice(br#"/image","value":"#);
+        json::string(out, &c.to);
+        out.push(b'}');
+    }
     if annotate && !plan.changes.is_empty() {
-        let mut originals: BTreeMap<String, String> = pod
+        // A record from an earlier invocation is merged, its entries first.
+        let earlier: BTreeMap<String, String> = pod
             .annotation(ORIGINAL_IMAGES_ANNOTATION)
             .and_then(|text| serde_json::from_str(text).ok())
             .unwrap_or_default();
+        let mut originals: BTreeMap<&str, &str> = earlier
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         for c in &plan.changes {
-            originals
-                .entry(c.container.clone())
-                .or_insert_with(|| c.from.clone());
+            originals.entry(&c.container).or_insert(&c.from);
         }
-        let encoded = serde_json::to_string(&originals).unwrap_or_default();
-        let key_path =
-            PointerBuf::from_tokens(["metadata", "annotations", ORIGINAL_IMAGES_ANNOTATION]);
-        ops.push(match &pod.metadata.annotations {
-            None => PatchOperation::Add(AddOperation {
-                path: PointerBuf::from_tokens(["metadata", "annotations"]),
-                value: serde_json::json!({ ORIGINAL_IMAGES_ANNOTATION: encoded }),
-            }),
-            Some(map) if map.contains_key(ORIGINAL_IMAGES_ANNOTATION) => {
-                PatchOperation::Replace(ReplaceOperation {
-                    path: key_path,
-                    value: Value::String(encoded),
-                })
+        let mut encoded = Vec::new();
+        // Writing into a Vec cannot fail, and a map of strings always serializes.
+        let _ = serde_json::to_writer(&mut encoded, &originals);
+        let encoded = std::str::from_utf8(&encoded).unwrap_or_default();
+        let (op, path) = match &pod.metadata.annotations {
+            None => ("add", "/metadata/annotations"),
+            Some(map) if map.get(ORIGINAL_IMAGES_ANNOTATION).is_some() => {
+                ("replace", ORIGINAL_IMAGES_POINTER)
             }
-            Some(_) => PatchOperation::Add(AddOperation {
-                path: key_path,
-                value: Value::String(encoded),
-            }),
-        });
+            Some(_) => ("add", ORIGINAL_IMAGES_POINTER),
+        };
+        out.extend_from_slice(br#",{"op":""#);
+        out.extend_from_slice(op.as_bytes());
+        out.extend_from_slice(br#"","path":""#);
+        out.extend_from_slice(path.as_bytes());
+        out.extend_from_slice(br#"","value":"#);
+        if pod.metadata.annotations.is_none() {
+            out.push(b'{');
+            json::key(out, ORIGINAL_IMAGES_ANNOTATION);
+            json::string(out, encoded);
+            out.push(b'}');
+        } else {
+            json::string(out, encoded);
+        }
+        out.push(b'}');
     }
-    Patch(ops)
+    out.push(b']');
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use json_patch::jsonptr::PointerBuf;
 
     #[test]
-    fn pointers_escape_the_annotation_slash() {
-        let pod: PodView = serde_json::from_value(serde_json::json!({
-            "metadata": {"annotations": {"a": "b"}},
-            "spec": {"containers": [{"name": "c", "image": "registry.k8s.io/pause:3.9"}]}
-        }))
+    fn the_annotation_pointer_escapes_its_slash() {
+        let pointer =
+            PointerBuf::from_tokens(["metadata", "annotations", ORIGINAL_IMAGES_ANNOTATION]);
+        assert_eq!(pointer.as_str(), ORIGINAL_IMAGES_POINTER);
+    }
+
+    #[test]
+    fn picked_maps_keep_only_read_keys_and_the_last_duplicate() {
+        let pod: PodView = serde_json::from_str(
+            r#"{"metadata": {"labels": {"a": "1", "detour.dev/skip": "false", "detour.dev/skip": "true"},
+                "annotations": {"x": "y"}}}"#,
+        )
         .unwrap();
-        let config = Config::embedded_default();
-        let p = plan(&pod, None, Scope::Create, &config);
-        let text = serde_json::to_string(&patch(&pod, &p, true)).unwrap();
+        assert_eq!(pod.label(SKIP_LABEL), Some("true"));
+        assert_eq!(pod.label("a"), None, "not a key detour reads");
+        assert!(pod.metadata.annotations.is_some() && pod.annotation("x").is_none());
         assert!(
-            text.contains(r#""path":"/metadata/annotations/detour.dev~1original-images""#),
-            "{text}"
+            serde_json::from_str::<PodView>(r#"{"metadata": {"labels": {"a": 1}}}"#).is_err(),
+            "label values must be strings"
         );
-        assert!(
-            text.contains(r#""path":"/spec/containers/0/image""#),
-            "{text}"
-        );
+        let pod: PodView = serde_json::from_str(r#"{"metadata": {"annotations": null}}"#).unwrap();
+        assert!(pod.metadata.annotations.is_none());
     }
 }

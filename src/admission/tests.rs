@@ -2,6 +2,7 @@
 //! request (tests/fixtures/kube-apiserver-v1.19-pod-create.json).
 
 use super::*;
+use base64::Engine as _;
 use serde_json::{json, Value};
 
 const FIXTURE: &str = include_str!("../../tests/fixtures/kube-apiserver-v1.19-pod-create.json");
@@ -295,4 +296,208 @@ fn unreadable_requests_are_errors_and_unreadable_pods_fail_open() {
         "3e1f5b2e-8446-4b87-a3f3-7efe6676d98a"
     );
     assert!(matches!(summary.disposition, Disposition::FailedOpen(_)));
+}
+
+mod serde_reference;
+
+/// Bodies covering every part of the answer: each list, escapes and Unicode
+/// in every echoed string, existing annotations, reinvocation, kubectl debug,
+/// skips, invalid images, deferred `if-present` swaps, other kinds, v1beta1,
+/// missing fields, a Pod that cannot be read, and 0 to 60 containers.
+fn corpus() -> Vec<Vec<u8>> {
+    let images = [
+        "registry.k8s.io/pause:3.9",
+        "nginx",
+        "quay.io/prometheus/node-exporter:v1.7.0",
+        "ghcr.io/org/tool@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+        "k8s.gcr.io/coredns/coredns:v1.8.0",
+        "Invalid//Image",
+        "docker.io/library/busybox:1.36",
+        "harbor.example/present/app:1",
+    ];
+    let containers = |n: usize, prefix: &str| -> Value {
+        (0..n)
+            .map(|i| json!({"name": format!("{prefix}{i}"), "image": images[i % images.len()], "imagePullPolicy": "IfNotPresent", "resources": {}, "env": [{"name": "A", "value": "\"q\" \\ \u{e9}"}]}))
+            .collect()
+    };
+    let mut bodies = vec![FIXTURE.as_bytes().to_vec()];
+    for n in [0, 1, 3, 8, 60] {
+        bodies.push(body(|r| {
+            r["request"]["object"]["spec"]["containers"] = containers(n, "c")
+        }));
+    }
+    bodies.push(body(|r| {
+        let spec = &mut r["request"]["object"]["spec"];
+        spec["containers"] = containers(3, "main-");
+        spec["initContainers"] = containers(2, "init-");
+        spec["ephemeralContainers"] = containers(2, "debug-");
+    }));
+    bodies.push(body(|r| {
+        r["request"]["uid"] = "uid \"with\" \\ escapes \u{1} and ü ☃".into();
+        r["request"]["name"] = "".into();
+        r["request"]["object"]["metadata"]["name"] = "näme\twith\"escapes".into();
+        r["request"]["object"]["spec"]["containers"] = json!([
+            {"name": "c\"1\\ü", "image": "registry.k8s.io/pause:3.9"},
+            {"name": "c/2~0", "image": "quay.io/a/b:1"}
+        ]);
+    }));
+    bodies.push(body(|r| {
+        r["apiVersion"] = "admission.k8s.io/v1beta1".into();
+        r["request"]["object"]["spec"]["containers"] = containers(2, "c");
+    }));
+    bodies.push(body(|r| {
+        r["request"]["object"]["metadata"]["annotations"] = json!({"a": "b", "c": "\u{2603}"});
+        r["request"]["object"]["metadata"]["labels"] = json!({"app": "x"});
+        r["request"]["object"]["spec"]["containers"] = containers(4, "c");
+    }));
+    bodies.push(body(|r| {
+        r["request"]["object"]["metadata"]["annotations"] = json!({
+            ORIGINAL_IMAGES_ANNOTATION_KEY: "{\"c0\":\"registry.k8s.io/pause:3.9\",\"sidecar\":\"x:1\"}",
+        });
+        r["request"]["object"]["spec"]["containers"] = containers(3, "c");
+    }));
+    bodies.push(body(|r| {
+        r["request"]["object"]["metadata"]["annotations"] =
+            json!({ ORIGINAL_IMAGES_ANNOTATION_KEY: "not json" });
+        r["request"]["object"]["spec"]["containers"] = containers(2, "c");
+    }));
+    bodies.push(body(|r| {
+        r["request"]["operation"] = "UPDATE".into();
+        r["request"]["subResource"] = "ephemeralcontainers".into();
+        r["request"]["object"]["spec"]["ephemeralContainers"] = containers(3, "debug-");
+        r["request"]["oldObject"] = r["request"]["object"].clone();
+        r["request"]["oldObject"]["spec"]["ephemeralContainers"] = containers(1, "debug-");
+    }));
+    bodies.push(body(|r| {
+        r["request"]["object"]["metadata"]["labels"] = json!({"detour.dev/skip": "true"});
+        r["request"]["object"]["spec"]["containers"] = containers(2, "c");
+    }));
+    bodies.push(body(|r| {
+        r["request"]["object"]["metadata"]["annotations"] =
+            json!({"kubernetes.io/config.mirror": "abc"});
+    }));
+    bodies.push(body(|r| {
+        r["request"]["object"]["spec"]["containers"] = json!([
+            {"name": "never", "image": "registry.k8s.io/pause:3.9", "imagePullPolicy": "Never"},
+            {"name": "noimage"},
+            {"name": "long", "image": format!("registry.k8s.io/{}:1", "a".repeat(200))},
+        ]);
+    }));
+    bodies.push(body(|r| {
+        r["request"]["kind"] = json!({"group": "apps", "version": "v1", "kind": "Deployment"});
+        r["request"]["object"] = json!({"spec": {"containers": "not-a-list"}});
+    }));
+    bodies.push(body(|r| {
+        r["request"]["object"]["spec"]["containers"] = json!({"not": "a list"});
+    }));
+    bodies.push(body(|r| {
+        r["request"]["dryRun"] = true.into();
+        r["request"]["object"]["spec"]["containers"] = containers(2, "c");
+    }));
+    bodies.push(body(|r| {
+        r.as_object_mut().unwrap().remove("apiVersion");
+        r["request"].as_object_mut().unwrap().remove("namespace");
+        r["request"]["object"]["spec"]["containers"] = containers(2, "c");
+    }));
+    bodies.push(br#"{"request":{"uid":"u","kind":{"group":"","version":"v1","kind":"Pod"},"resource":{"group":"","version":"v1","resource":"pods"},"operation":"CREATE","object":{"spec":{"containers":[{"name":"a","image":"registry.k8s.io/x:1"}]}}}}"#.to_vec());
+    bodies
+}
+
+const ORIGINAL_IMAGES_ANNOTATION_KEY: &str = pod::ORIGINAL_IMAGES_ANNOTATION;
+
+#[test]
+fn answers_equal_the_previous_serde_encoder_byte_for_byte() {
+    let configs = [
+        Config::embedded_default(),
+        Config::from_yaml(
+            "rules:\n- {source: registry.k8s.io, kind: full-reference, target: m.daocloud.io}\n- {source: quay.io, kind: host, target: quay.m.example, swap: if-present}\n- {source: docker.io, kind: prefix, target: harbor.example/present}\n- {source: ghcr.io, kind: host, target: ghcr.m.example, swap: if-present}",
+            "corpus",
+        )
+        .unwrap(),
+        Config::from_yaml("mode: audit\nrules: [{source: registry.k8s.io, kind: host, target: r.m.example}]", "audit")
+            .unwrap(),
+    ];
+    // The mirror "has" quay.io's images and lacks ghcr.io's.
+    let present = |to: &str| to.starts_with("quay.m.example");
+    let mut compared = 0;
+    let mut patched = 0;
+    for config in &configs {
+        for body in corpus() {
+            for mode in [Mode::Enforce, Mode::Audit] {
+                // Twice: the second time every image decision comes from the cache.
+                for round in 0..2 {
+                    let new = prepare(&body, mode, config).map(|p| p.finish(&present));
+                    let old =
+                        serde_reference::prepare(&body, mode, config).map(|p| p.finish(&present));
+                    let (new, old) = match (new, old) {
+                        (Ok(new), Ok(old)) => (new, old),
+                        (Err(new), Err(old)) => {
+                            assert_eq!(new.to_string(), old.to_string());
+                            continue;
+                        }
+                        (new, old) => panic!("one failed: {:?} vs {:?}", new.err(), old.err()),
+                    };
+                    assert_eq!(
+                        String::from_utf8_lossy(&new.body),
+                        String::from_utf8_lossy(&old.body),
+                        "config {}, {mode:?}, round {round}, body {}",
+                        config.origin,
+                        String::from_utf8_lossy(&body)
+                    );
+                    let (n, o) = (&new.summary, &old.summary);
+                    assert_eq!(
+                        (
+                            &n.uid,
+                            &n.namespace,
+                            &n.name,
+                            n.mode,
+                            n.dry_run,
+                            &n.disposition
+                        ),
+                        (
+                            &o.uid,
+                            &o.namespace,
+                            &o.name,
+                            o.mode,
+                            o.dry_run,
+                            &o.disposition
+                        )
+                    );
+                    assert_eq!(
+                        (&n.changes, &n.deferred, &n.skipped),
+                        (&o.changes, &o.deferred, &o.skipped)
+                    );
+                    compared += 1;
+                    patched += usize::from(new.summary.disposition == Disposition::Patched);
+                }
+            }
+        }
+    }
+    assert!(
+        compared > 100 && patched > 20,
+        "{compared} compared, {patched} patched"
+    );
+}
+
+#[test]
+fn malformed_bodies_get_the_same_errors_as_before() {
+    for body in [
+        &b""[..],
+        b"{",
+        b"[]",
+        b"{}",
+        b"{\"request\":{}}",
+        b"{\"request\":{\"uid\":1}}",
+        b"{\"request\":{\"uid\":\"u\",\"kind\":{\"group\":\"\",\"version\":\"v1\",\"kind\":\"Pod\"},\"operation\":\"CREATE\"}}",
+        b"{\"request\":{\"uid\":\"u\",\"kind\":{\"group\":\"\",\"version\":\"v1\",\"kind\":\"Pod\"},\"resource\":{\"group\":\"\",\"version\":\"v1\",\"resource\":\"pods\"},\"operation\":\"EXPLODE\"}}",
+        b"\xff\xfe",
+    ] {
+        let config = Config::embedded_default();
+        let new = prepare(body, Mode::Enforce, &config).err().map(|e| e.to_string());
+        let old = serde_reference::prepare(body, Mode::Enforce, &config)
+            .err()
+            .map(|e| e.to_string());
+        assert!(new.is_some(), "{}", String::from_utf8_lossy(body));
+        assert_eq!(new, old, "{}", String::from_utf8_lossy(body));
+    }
 }

@@ -16,8 +16,11 @@
 //! Each step is a handful of hash lookups over the image's own path
 //! components, so the cost does not grow with the number of rules.
 
-use std::collections::{HashMap, HashSet};
+// foldhash: these maps are read for every image of every Pod, and SipHash
+// showed in profiles; the seed is still random per map.
+use foldhash::{HashMap, HashSet};
 
+use super::decisions::{Decider, DecisionCache};
 use super::pattern::{
     component_prefixes, host_as_path_component, HostPattern, RepoPrefix, RepoSet, SourcePattern,
 };
@@ -156,6 +159,7 @@ pub struct RuleSet {
     mirrors: HashSet<String>,
     skip: RepoSet,
     placeholders: HashSet<String>,
+    pub(super) decisions: DecisionCache,
 }
 
 impl RuleSet {
@@ -198,6 +202,28 @@ impl RuleSet {
 
     pub fn rules(&self) -> &[Rule] {
         &self.rules
+    }
+
+    /// The position in [`RuleSet::rules`] of a rule this set returned.
+    pub fn index_of(&self, rule: &Rule) -> usize {
+        // Rules returned by this set live in `self.rules`: the address
+        // difference is the index (checked, with a search as the fallback).
+        let offset = (rule as *const Rule as usize).wrapping_sub(self.rules.as_ptr() as usize);
+        let index = offset / std::mem::size_of::<Rule>().max(1);
+        match self.rules.get(index) {
+            Some(found) if std::ptr::eq(found, rule) => index,
+            _ => self
+                .rules
+                .iter()
+                .position(|r| std::ptr::eq(r, rule))
+                .unwrap_or(index),
+        }
+    }
+
+    /// Decides the images of one Pod with the decisions this rule set has
+    /// already made (the admission hot path); see [`super::decisions`].
+    pub fn decider(&self) -> Decider<'_> {
+        Decider::new(self)
     }
 
     pub fn aliases(&self) -> &[Alias] {

@@ -7,9 +7,11 @@
 //! [`RuleSet`] indexes rules so that finding the most specific one costs the
 //! same with ten rules or ten thousand.
 
+pub mod decisions;
 mod engine;
 pub mod pattern;
 
+pub use decisions::{Decider, Decision};
 pub use engine::{Alias, Candidate, Decline, Explanation, Outcome, RuleSet, Unchanged};
 pub use pattern::{HostPattern, PatternError, RepoPrefix, RepoSet, SourcePattern};
 

@@ -5,7 +5,7 @@
 //! case: `docker.io` never matches `docker.io.evil.example`, `gcr.io/a` never
 //! matches `gcr.io/ab`, `quay.io:443` is not `quay.io`.
 
-use std::collections::HashSet;
+use foldhash::HashSet;
 use std::fmt;
 
 use crate::reference::{is_path_component, validate_domain, validate_path, DOCKER_HUB};
