@@ -1,22 +1,27 @@
 #!/usr/bin/env bash
 # Load benchmark of `detour serve` (release build) over TLS with keep-alive,
-# driven by oha on 127.0.0.1. Prints requests/s at full load and p50/p99 at a
-# fixed rate, for a 3-container and a 60-container Pod, and detour's peak RSS.
+# driven by oha on 127.0.0.1, against a ceiling: bench/ceiling.rs, the same
+# TLS listener, runtime and body reading answering a constant AdmissionReview.
+# For a 3-container and a 60-container Pod it alternates detour and the
+# ceiling at full load (ROUNDS each) and prints detour's requests/s as a ratio
+# of the ceiling's; then p50/p99 at a fixed rate, and detour's peak RSS.
 #
 #   cargo install oha --locked     # once
-#   bash bench/webhook-load.sh     # DURATION=10 RATE=2000 CONNECTIONS=32 to change
+#   bash bench/webhook-load.sh     # DURATION=6 ROUNDS=3 RATE=2000 CONNECTIONS=16 to change
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/detour-target}"
-DURATION="${DURATION:-10}"
+DURATION="${DURATION:-6}"
+ROUNDS="${ROUNDS:-3}"
 RATE="${RATE:-2000}"
-CONNECTIONS="${CONNECTIONS:-32}"
+CONNECTIONS="${CONNECTIONS:-16}"
 command -v oha >/dev/null || { echo "oha not found: cargo install oha --locked" >&2; exit 1; }
 
-cargo build --release --quiet --bin detour
+cargo build --release --quiet --bin detour --example ceiling
 BIN="$CARGO_TARGET_DIR/release/detour"
+CEILING_BIN="$CARGO_TARGET_DIR/release/examples/ceiling"
 WORK="$(mktemp -d)"
-trap 'kill "$PID" 2>/dev/null || true; rm -rf "$WORK"' EXIT
+trap 'kill "$PID" "$CEILING" 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
 "$BIN" certs --out "$WORK/tls" --ip 127.0.0.1 >/dev/null
 # Bodies shaped like the recorded apiserver request, with N containers each.
@@ -37,32 +42,34 @@ for n in (3, 60):
         containers.append(c)
     r["request"]["object"]["spec"]["containers"] = containers
     json.dump(r, open(f"{work}/pod-{n}.json", "w"))
-# A body detour does no work on (not a Pod): the TLS + HTTP + envelope ceiling.
-r = copy.deepcopy(base)
-r["request"]["kind"] = {"group": "apps", "version": "v1", "kind": "Deployment"}
-json.dump(r, open(f"{work}/noop.json", "w"))
 PY
 
-PORT=18443; ADMIN=18080
+PORT=18443; ADMIN=18080; CEILING_PORT=18444
+"$CEILING_BIN" "$WORK/tls" 127.0.0.1:$CEILING_PORT &
+CEILING=$!
 "$BIN" serve --cert-dir "$WORK/tls" --listen 127.0.0.1:$PORT --admin-listen 127.0.0.1:$ADMIN \
   --shutdown-delay 0s --log-format json 2>"$WORK/detour.log" &
 PID=$!
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$ADMIN/readyz" >/dev/null && break; sleep 0.1; done
+for _ in $(seq 100); do curl -sfk -o /dev/null -X POST -d '{}' "https://127.0.0.1:$CEILING_PORT/mutate" && break; sleep 0.1; done
 
-run() { # label, extra oha args...
-  local label=$1; shift
+run() { # label, port, extra oha args...
+  local label=$1 port=$2; shift 2
   local out="$WORK/run-$((++RUNS)).json"
   # -w: requests still in flight at the deadline are awaited, not counted as errors.
   oha --no-tui --output-format json -z "${DURATION}s" -c "$CONNECTIONS" -w -m POST \
-    -H 'Content-Type: application/json' --insecure "$@" "https://127.0.0.1:$PORT/mutate?timeout=5s" > "$out"
-  python3 - "$out" "$label" <<'PY'
+    -H 'Content-Type: application/json' --insecure "$@" "https://127.0.0.1:$port/mutate?timeout=5s" > "$out"
+  python3 - "$out" "$label" "$WORK/results.tsv" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
 s, p = r["summary"], r["latencyPercentiles"]
 codes = r.get("statusCodeDistribution", {})
 errors = sum(r.get("errorDistribution", {}).values())
 ok = codes.get("200", 0)
-print(f"| {sys.argv[2]} | {s['requestsPerSec']:.0f} | {p['p50']*1000:.3f} | {p['p99']*1000:.3f} | {ok} | {errors + sum(v for k, v in codes.items() if k != '200')} |")
+failures = errors + sum(v for k, v in codes.items() if k != '200')
+print(f"| {sys.argv[2]} | {s['requestsPerSec']:.0f} | {p['p50']*1000:.3f} | {p['p99']*1000:.3f} | {ok} | {failures} |")
+with open(sys.argv[3], "a") as f:
+    f.write(f"{sys.argv[2]}\t{s['requestsPerSec']}\n")
 PY
 }
 
@@ -70,12 +77,35 @@ RUNS=0
 echo "| run | requests/s | p50 ms | p99 ms | 200s | failures |"
 echo "|---|---|---|---|---|---|"
 for n in 3 60; do
-  run "${n}-container Pod, full load (${CONNECTIONS} connections)" -D "$WORK/pod-$n.json"
-  run "${n}-container Pod, fixed ${RATE}/s" -D "$WORK/pod-$n.json" -q "$RATE"
+  for round in $(seq "$ROUNDS"); do
+    # Alternate which server goes first, so that drift on a shared VM
+    # does not favour one of them.
+    if (( round % 2 )); then order="detour ceiling"; else order="ceiling detour"; fi
+    for server in $order; do
+      port=$PORT; [[ $server == ceiling ]] && port=$CEILING_PORT
+      run "$n containers, $server, full load, round $round" "$port" -D "$WORK/pod-$n.json"
+    done
+  done
 done
-run "ceiling: not a Pod (no work), full load" -D "$WORK/noop.json"
-run "ceiling: not a Pod (no work), fixed ${RATE}/s" -D "$WORK/noop.json" -q "$RATE"
+for n in 3 60; do
+  run "$n containers, detour, fixed ${RATE}/s" "$PORT" -D "$WORK/pod-$n.json" -q "$RATE"
+  run "$n containers, ceiling, fixed ${RATE}/s" "$CEILING_PORT" -D "$WORK/pod-$n.json" -q "$RATE"
+done
 echo
+python3 - "$WORK/results.tsv" <<'PY'
+import sys, collections
+runs = collections.defaultdict(list)
+for line in open(sys.argv[1]):
+    label, rps = line.rstrip("\n").split("\t")
+    if "full load" in label:
+        n, server = label.split(", ")[:2]
+        runs[(n, server)].append(float(rps))
+for n in ("3 containers", "60 containers"):
+    d, c = runs[(n, "detour")], runs[(n, "ceiling")]
+    md, mc = sum(d) / len(d), sum(c) / len(c)
+    print(f"{n}: detour {md:.0f}/s, ceiling {mc:.0f}/s, ratio {md / mc:.2f} "
+          f"(per round: {', '.join(f'{x / y:.2f}' for x, y in zip(d, c))})")
+PY
 # detour's own time per admission (read body, decide, answer), from its histogram.
 curl -s "http://127.0.0.1:$ADMIN/metrics" | python3 -c '
 import sys
@@ -84,5 +114,5 @@ total = max(c for _, c in buckets)
 for q in (0.5, 0.99, 0.999):
     le = next(le for le, c in sorted(buckets) if c >= q * total)
     print(f"server-side p{q*100:g}: <= {le*1000:.3f} ms over {int(total)} admissions")'
-echo "detour peak RSS: $(awk '/VmHWM/ {printf "%.1f MB", $2/1024}' /proc/$PID/status)"
+echo "detour peak RSS: $(awk '/VmHWM/ {printf "%.1f MB", $2/1024}' /proc/$PID/status) (ceiling: $(awk '/VmHWM/ {printf "%.1f MB", $2/1024}' /proc/$CEILING/status))"
 echo "machine: $(nproc) cores, oha on the same cores; $(oha --version)"

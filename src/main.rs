@@ -84,7 +84,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
 fn network_command(
     cli: &Cli,
 ) -> anyhow::Result<(
-    tracing_appender::non_blocking::WorkerGuard,
+    detour::log_writer::FlushGuard,
     detour::config::Config,
     tokio::runtime::Runtime,
 )> {
@@ -163,16 +163,16 @@ fn managed_options(args: &ServeArgs) -> anyhow::Result<Option<server::ManagedSet
     }))
 }
 
-fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+fn init_logging(format: LogFormat) -> detour::log_writer::FlushGuard {
     use tracing_subscriber::EnvFilter;
     // kube's client logs each failed request as an error of its own; detour
     // reports the failure itself, once.
     let filter = EnvFilter::try_from_env("DETOUR_LOG")
         .unwrap_or_else(|_| EnvFilter::new("info,kube_client=off"));
-    // Buffered: the appender's worker flushes whenever its queue is empty, so
-    // under load many lines share one write(2) and at rest none waits.
-    let (writer, guard) =
-        tracing_appender::non_blocking(std::io::BufWriter::new(std::io::stderr()));
+    // Lines are formatted here and written in batches by a thread of their
+    // own (log_writer): under load many lines share one write(2), and logging
+    // wakes no other thread per line.
+    let (writer, guard) = detour::log_writer::batched(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer);

@@ -22,9 +22,10 @@ use axum::routing::{get, post};
 use axum::Router;
 use axum_server::accept::NoDelayAcceptor;
 use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
+use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
-use crate::admission::pod::ContainerSkipKind;
+use crate::admission::pod::{ContainerSkipKind, ImageChange};
 use crate::admission::{self, Disposition, Mode, Summary};
 use crate::cli::RuleArgs;
 use crate::config::{Config, ConfigError};
@@ -150,32 +151,9 @@ async fn admit(State(state): State<AppState>, mode: Mode, request: Request) -> R
         tracing::warn!(status = status.as_u16(), reason, "{message}");
         json_response(status, admission::error_body(message))
     };
-    if declared_length(request.headers()).is_some_and(|n| n > MAX_BODY_BYTES) {
-        return reject(
-            "too_large",
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "request body is larger than 7 MiB",
-        );
-    }
-    let body = match Limited::new(request.into_body(), MAX_BODY_BYTES)
-        .collect()
-        .await
-    {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            return reject(
-                "too_large",
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "request body is larger than 7 MiB",
-            )
-        }
-        Err(e) => {
-            return reject(
-                "unreadable",
-                StatusCode::BAD_REQUEST,
-                &format!("cannot read request body: {e}"),
-            )
-        }
+    let body = match read_body(request).await {
+        Ok(body) => body,
+        Err(refused) => return reject(refused.reason, refused.status, &refused.message),
     };
     let config = state.config.load();
     let prepared = match admission::prepare(&body, mode, &config) {
@@ -210,6 +188,40 @@ async fn admit(State(state): State<AppState>, mode: Mode, request: Request) -> R
     response
 }
 
+/// Why a request body was not read.
+#[derive(Debug)]
+pub struct BodyRefused {
+    /// The `reason` label of `detour_rejected_requests_total`.
+    pub reason: &'static str,
+    pub status: StatusCode,
+    pub message: String,
+}
+
+/// Reads a webhook request body of at most [`MAX_BODY_BYTES`]: refused at
+/// once when its declared length is larger, and while reading otherwise.
+pub async fn read_body(request: Request) -> Result<Bytes, BodyRefused> {
+    let too_large = || BodyRefused {
+        reason: "too_large",
+        status: StatusCode::PAYLOAD_TOO_LARGE,
+        message: "request body is larger than 7 MiB".into(),
+    };
+    if declared_length(request.headers()).is_some_and(|n| n > MAX_BODY_BYTES) {
+        return Err(too_large());
+    }
+    match Limited::new(request.into_body(), MAX_BODY_BYTES)
+        .collect()
+        .await
+    {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
+        Err(e) => Err(BodyRefused {
+            reason: "unreadable",
+            status: StatusCode::BAD_REQUEST,
+            message: format!("cannot read request body: {e}"),
+        }),
+    }
+}
+
 fn declared_length(headers: &HeaderMap) -> Option<usize> {
     headers
         .get(header::CONTENT_LENGTH)?
@@ -230,14 +242,23 @@ fn record(metrics: &Metrics, s: &Summary) {
             outcome: s.disposition.label(),
         })
         .inc();
+    // One counter update per rule, not per image: a Pod's images mostly
+    // share a rule or two.
+    let mut per_rule: Vec<(&str, u64)> = Vec::new();
     for c in &s.changes {
+        match per_rule.iter_mut().find(|(rule, _)| *rule == c.rule) {
+            Some((_, n)) => *n += 1,
+            None => per_rule.push((&c.rule, 1)),
+        }
+    }
+    for (rule, n) in per_rule {
         metrics
             .rewrites
             .get_or_create(&RewriteLabels {
                 mode,
-                rule: c.rule.clone(),
+                rule: rule.to_string(),
             })
-            .inc();
+            .inc_by(n);
     }
     for c in &s.deferred {
         tracing::info!(uid = %s.uid, namespace = %s.namespace, name = %s.name, container = %c.container, image = %c.from, mirror = %c.to, rule = %c.rule, "mirror lacks the image; original kept");
@@ -251,14 +272,9 @@ fn record(metrics: &Metrics, s: &Summary) {
     }
     match &s.disposition {
         Disposition::Patched | Disposition::WouldPatch => {
-            let changes: Vec<String> = s
-                .changes
-                .iter()
-                .map(|c| format!("{}: {} -> {} ({})", c.container, c.from, c.to, c.rule))
-                .collect();
             tracing::info!(
                 uid = %s.uid, namespace = %s.namespace, name = %s.name, mode, dry_run = s.dry_run,
-                outcome = s.disposition.label(), changes = ?changes, "admission"
+                outcome = s.disposition.label(), changes = %ChangeList(&s.changes), "admission"
             );
         }
         Disposition::Skipped(skip) => {
@@ -270,6 +286,31 @@ fn record(metrics: &Metrics, s: &Summary) {
         Disposition::Unchanged | Disposition::NotHandled => {
             tracing::debug!(uid = %s.uid, namespace = %s.namespace, name = %s.name, outcome = s.disposition.label(), "admission");
         }
+    }
+}
+
+/// `[container: from -> to (rule), ...]`, written straight into the log line.
+/// (Container names are DNS labels and references are valid ones, so there
+/// is nothing to quote.)
+struct ChangeList<'a>(&'a [ImageChange]);
+
+impl std::fmt::Display for ChangeList<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[")?;
+        for (n, c) in self.0.iter().enumerate() {
+            if n > 0 {
+                f.write_str(", ")?;
+            }
+            f.write_str(&c.container)?;
+            f.write_str(": ")?;
+            f.write_str(&c.from)?;
+            f.write_str(" -> ")?;
+            f.write_str(&c.to)?;
+            f.write_str(" (")?;
+            f.write_str(&c.rule)?;
+            f.write_str(")")?;
+        }
+        f.write_str("]")
     }
 }
 
@@ -367,14 +408,13 @@ pub async fn run(opts: ServeOptions) -> Result<(), ServeError> {
     listener.set_nonblocking(true).map_err(ServeError::Server)?;
     let addr = listener.local_addr().map_err(ServeError::Server)?;
     let handle = axum_server::Handle::new();
-    // TCP_NODELAY: a response of several segments must not wait for the
-    // client's delayed ACK (Nagle), which showed as 40 ms tail latency.
-    let acceptor = RustlsAcceptor::new(tls_config).acceptor(NoDelayAcceptor::new());
-    let server = axum_server::from_tcp(listener)
-        .map_err(ServeError::Server)?
-        .acceptor(acceptor)
-        .handle(handle.clone())
-        .serve(webhook_router(state.clone()).into_make_service());
+    let server = serve_tls(
+        listener,
+        tls_config,
+        webhook_router(state.clone()),
+        handle.clone(),
+    )
+    .map_err(ServeError::Server)?;
     let server_task = tokio::spawn(server);
 
     state.ready.store(true, Ordering::Release);
@@ -396,6 +436,25 @@ pub async fn run(opts: ServeOptions) -> Result<(), ServeError> {
         Ok(result) => result.map_err(ServeError::Server),
         Err(e) => Err(ServeError::Server(std::io::Error::other(e))),
     }
+}
+
+/// Serves `router` over TLS on `listener` as the webhook is served: rustls,
+/// TCP_NODELAY, HTTP/1.1 and HTTP/2. The load benchmark's ceiling server
+/// (`bench/ceiling.rs`) serves through this too, so that the two differ only
+/// in what the handler does.
+pub fn serve_tls(
+    listener: std::net::TcpListener,
+    tls_config: RustlsConfig,
+    router: Router,
+    handle: axum_server::Handle<SocketAddr>,
+) -> std::io::Result<impl std::future::Future<Output = std::io::Result<()>>> {
+    // TCP_NODELAY: a response of several segments must not wait for the
+    // client's delayed ACK (Nagle), which showed as 40 ms tail latency.
+    let acceptor = RustlsAcceptor::new(tls_config).acceptor(NoDelayAcceptor::new());
+    Ok(axum_server::from_tcp(listener)?
+        .acceptor(acceptor)
+        .handle(handle)
+        .serve(router.into_make_service()))
 }
 
 fn managed_tls(

@@ -128,7 +128,15 @@ pub type Objects<'a> = Result<(Option<PodView<'a>>, Option<PodView<'a>>), String
 pub fn decode(
     body: &[u8],
 ) -> Result<(ReviewEnvelope<'_, IgnoredAny>, Objects<'_>), serde_json::Error> {
-    match serde_json::from_slice::<ReviewEnvelope<PodView>>(body) {
+    // A body checked as UTF-8 once (a fast whole-buffer check) is parsed
+    // without checking each string again; one that is not UTF-8 takes the
+    // byte parser, which says where the JSON is wrong, as before.
+    let text = std::str::from_utf8(body).ok();
+    let pod = match text {
+        Some(text) => serde_json::from_str::<ReviewEnvelope<PodView>>(text),
+        None => serde_json::from_slice::<ReviewEnvelope<PodView>>(body),
+    };
+    match pod {
         Ok(envelope) => {
             let (request, objects) = match envelope.request {
                 Some(r) => {
@@ -157,7 +165,10 @@ pub fn decode(
             Ok((envelope, objects))
         }
         Err(pod_error) => {
-            let envelope = serde_json::from_slice::<ReviewEnvelope<IgnoredAny>>(body)?;
+            let envelope = match text {
+                Some(text) => serde_json::from_str::<ReviewEnvelope<IgnoredAny>>(text)?,
+                None => serde_json::from_slice::<ReviewEnvelope<IgnoredAny>>(body)?,
+            };
             Ok((envelope, Err(format!("cannot read Pod: {pod_error}"))))
         }
     }

@@ -399,6 +399,17 @@ fn corpus() -> Vec<Vec<u8>> {
         r["request"].as_object_mut().unwrap().remove("namespace");
         r["request"]["object"]["spec"]["containers"] = containers(2, "c");
     }));
+    // A raw control character (not JSON); not UTF-8, in a field detour
+    // skips and in one it reads.
+    bodies.push(FIXTURE.replace("\"admin\"", "\"adm\u{1}n\"").into_bytes());
+    let mut latin1 = FIXTURE.as_bytes().to_vec();
+    let at = FIXTURE.find("kubeharness-admin").unwrap();
+    latin1[at] = 0xff;
+    bodies.push(latin1);
+    let mut latin1 = FIXTURE.as_bytes().to_vec();
+    let at = FIXTURE.find("registry.invalid").unwrap();
+    latin1[at] = 0xe9;
+    bodies.push(latin1);
     bodies.push(br#"{"request":{"uid":"u","kind":{"group":"","version":"v1","kind":"Pod"},"resource":{"group":"","version":"v1","resource":"pods"},"operation":"CREATE","object":{"spec":{"containers":[{"name":"a","image":"registry.k8s.io/x:1"}]}}}}"#.to_vec());
     bodies
 }
