@@ -272,9 +272,18 @@ fn record(metrics: &Metrics, s: &Summary) {
     }
     match &s.disposition {
         Disposition::Patched | Disposition::WouldPatch => {
+            // Strings recorded as strings, not through Display: a JSON line
+            // then escapes each once, without a formatting adapter.
+            let changes = ChangeList(&s.changes).to_string();
             tracing::info!(
-                uid = %s.uid, namespace = %s.namespace, name = %s.name, mode, dry_run = s.dry_run,
-                outcome = s.disposition.label(), changes = %ChangeList(&s.changes), "admission"
+                uid = s.uid.as_str(),
+                namespace = s.namespace.as_str(),
+                name = s.name.as_str(),
+                mode,
+                dry_run = s.dry_run,
+                outcome = s.disposition.label(),
+                changes = changes.as_str(),
+                "admission"
             );
         }
         Disposition::Skipped(skip) => {
