@@ -4,7 +4,9 @@
 # TLS listener, runtime and body reading answering a constant AdmissionReview.
 # For a 3-container and a 60-container Pod it alternates detour and the
 # ceiling at full load (ROUNDS each) and prints detour's requests/s as a ratio
-# of the ceiling's; then p50/p99 at a fixed rate, and detour's peak RSS.
+# of the ceiling's; then p50/p99 at a fixed rate, and detour's peak RSS. A
+# third server in each round, the ceiling answering detour's own answer, shows
+# how much of the gap is the larger answer rather than detour's work.
 #
 #   cargo install oha --locked     # once
 #   bash bench/webhook-load.sh     # DURATION=6 ROUNDS=3 RATE=2000 CONNECTIONS=16 to change
@@ -21,7 +23,7 @@ cargo build --release --quiet --bin detour --example ceiling
 BIN="$CARGO_TARGET_DIR/release/detour"
 CEILING_BIN="$CARGO_TARGET_DIR/release/examples/ceiling"
 WORK="$(mktemp -d)"
-trap 'kill "$PID" "$CEILING" 2>/dev/null || true; rm -rf "$WORK"' EXIT
+trap 'kill "$PID" "$CEILING" "${SAME[@]}" 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
 "$BIN" certs --out "$WORK/tls" --ip 127.0.0.1 >/dev/null
 # Bodies shaped like the recorded apiserver request, with N containers each.
@@ -47,11 +49,24 @@ PY
 PORT=18443; ADMIN=18080; CEILING_PORT=18444
 "$CEILING_BIN" "$WORK/tls" 127.0.0.1:$CEILING_PORT &
 CEILING=$!
+SAME=()
 "$BIN" serve --cert-dir "$WORK/tls" --listen 127.0.0.1:$PORT --admin-listen 127.0.0.1:$ADMIN \
   --shutdown-delay 0s --log-format json 2>"$WORK/detour.log" &
 PID=$!
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$ADMIN/readyz" >/dev/null && break; sleep 0.1; done
 for _ in $(seq 100); do curl -sfk -o /dev/null -X POST -d '{}' "https://127.0.0.1:$CEILING_PORT/mutate" && break; sleep 0.1; done
+# A diagnostic third server per body: the ceiling answering detour's own answer
+# to that body, so that the cost of the larger answer (for the server and for
+# oha) is told apart from detour's work.
+for n in 3 60; do
+  curl -sfk -H 'Content-Type: application/json' --data-binary @"$WORK/pod-$n.json" \
+    "https://127.0.0.1:$PORT/mutate" > "$WORK/answer-$n.json"
+  "$CEILING_BIN" "$WORK/tls" 127.0.0.1:$((18444 + n)) "$WORK/answer-$n.json" &
+  SAME+=($!)
+done
+for n in 3 60; do
+  for _ in $(seq 100); do curl -sfk -o /dev/null -X POST -d '{}' "https://127.0.0.1:$((18444 + n))/mutate" && break; sleep 0.1; done
+done
 
 run() { # label, port, extra oha args...
   local label=$1 port=$2; shift 2
@@ -80,9 +95,13 @@ for n in 3 60; do
   for round in $(seq "$ROUNDS"); do
     # Alternate which server goes first, so that drift on a shared VM
     # does not favour one of them.
-    if (( round % 2 )); then order="detour ceiling"; else order="ceiling detour"; fi
+    if (( round % 2 )); then order="detour ceiling same-answer"; else order="same-answer ceiling detour"; fi
     for server in $order; do
-      port=$PORT; [[ $server == ceiling ]] && port=$CEILING_PORT
+      case $server in
+        detour) port=$PORT ;;
+        ceiling) port=$CEILING_PORT ;;
+        same-answer) port=$((18444 + n)) ;;
+      esac
       run "$n containers, $server, full load, round $round" "$port" -D "$WORK/pod-$n.json"
     done
   done
@@ -101,10 +120,12 @@ for line in open(sys.argv[1]):
         n, server = label.split(", ")[:2]
         runs[(n, server)].append(float(rps))
 for n in ("3 containers", "60 containers"):
-    d, c = runs[(n, "detour")], runs[(n, "ceiling")]
-    md, mc = sum(d) / len(d), sum(c) / len(c)
+    d, c, a = runs[(n, "detour")], runs[(n, "ceiling")], runs[(n, "same-answer")]
+    md, mc, ma = sum(d) / len(d), sum(c) / len(c), sum(a) / len(a)
     print(f"{n}: detour {md:.0f}/s, ceiling {mc:.0f}/s, ratio {md / mc:.2f} "
-          f"(per round: {', '.join(f'{x / y:.2f}' for x, y in zip(d, c))})")
+          f"(per round: {', '.join(f'{x / y:.2f}' for x, y in zip(d, c))}); "
+          f"diagnostic: the ceiling answering detour's answer {ma:.0f}/s ({ma / mc:.2f} of the ceiling), "
+          f"detour {md / ma:.2f} of that")
 PY
 # detour's own time per admission (read body, decide, answer), from its histogram.
 curl -s "http://127.0.0.1:$ADMIN/metrics" | python3 -c '

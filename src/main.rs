@@ -123,10 +123,7 @@ fn serve(args: &ServeArgs, cli: &Cli) -> anyhow::Result<()> {
         reload_interval: args.reload_interval,
         managed: managed_options(args)?,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the runtime")?;
+    let runtime = server::runtime().context("cannot start the runtime")?;
     runtime.block_on(server::run(options))?;
     Ok(())
 }

@@ -447,6 +447,15 @@ pub async fn run(opts: ServeOptions) -> Result<(), ServeError> {
     }
 }
 
+/// The runtime `detour serve` runs on (and the load benchmark's ceiling).
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    // One worker per core, tokio's defaults: measured against one worker and
+    // against other event and queue intervals, none was faster (README).
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+}
+
 /// Serves `router` over TLS on `listener` as the webhook is served: rustls,
 /// TCP_NODELAY, HTTP/1.1 and HTTP/2. The load benchmark's ceiling server
 /// (`bench/ceiling.rs`) serves through this too, so that the two differ only

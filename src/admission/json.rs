@@ -7,6 +7,16 @@
 
 /// Appends `text` as a JSON string, escaped.
 pub fn string(out: &mut Vec<u8>, text: &str) {
+    // serde_json escapes exactly `"`, `\` and control characters; most of
+    // what detour writes (references, names, pointers) has none, and a scan
+    // for them is much faster than escaping byte by byte.
+    if !text.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+        out.reserve(text.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(text.as_bytes());
+        out.push(b'"');
+        return;
+    }
     // Writing into a Vec cannot fail, and a &str always serializes.
     let _ = serde::Serialize::serialize(text, &mut serde_json::Serializer::new(&mut *out));
 }
