@@ -53,8 +53,10 @@ SAME=()
 "$BIN" serve --cert-dir "$WORK/tls" --listen 127.0.0.1:$PORT --admin-listen 127.0.0.1:$ADMIN \
   --shutdown-delay 0s --log-format json 2>"$WORK/detour.log" &
 PID=$!
+# Waits until a POST to PORT's /mutate is answered (any server here).
+wait_mutate() { for _ in $(seq 100); do curl -sfk -o /dev/null -X POST -d '{}' "https://127.0.0.1:$1/mutate" && return; sleep 0.1; done; }
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$ADMIN/readyz" >/dev/null && break; sleep 0.1; done
-for _ in $(seq 100); do curl -sfk -o /dev/null -X POST -d '{}' "https://127.0.0.1:$CEILING_PORT/mutate" && break; sleep 0.1; done
+wait_mutate "$CEILING_PORT"
 # A diagnostic third server per body: the ceiling answering detour's own answer
 # to that body, so that the cost of the larger answer (for the server and for
 # oha) is told apart from detour's work.
@@ -65,7 +67,7 @@ for n in 3 60; do
   SAME+=($!)
 done
 for n in 3 60; do
-  for _ in $(seq 100); do curl -sfk -o /dev/null -X POST -d '{}' "https://127.0.0.1:$((18444 + n))/mutate" && break; sleep 0.1; done
+  wait_mutate $((18444 + n))
 done
 
 run() { # label, port, extra oha args...

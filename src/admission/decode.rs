@@ -132,11 +132,7 @@ pub fn decode(
     // without checking each string again; one that is not UTF-8 takes the
     // byte parser, which says where the JSON is wrong, as before.
     let text = std::str::from_utf8(body).ok();
-    let pod = match text {
-        Some(text) => serde_json::from_str::<ReviewEnvelope<PodView>>(text),
-        None => serde_json::from_slice::<ReviewEnvelope<PodView>>(body),
-    };
-    match pod {
+    match parse::<ReviewEnvelope<PodView>>(text, body) {
         Ok(envelope) => {
             let (request, objects) = match envelope.request {
                 Some(r) => {
@@ -165,12 +161,18 @@ pub fn decode(
             Ok((envelope, objects))
         }
         Err(pod_error) => {
-            let envelope = match text {
-                Some(text) => serde_json::from_str::<ReviewEnvelope<IgnoredAny>>(text)?,
-                None => serde_json::from_slice::<ReviewEnvelope<IgnoredAny>>(body)?,
-            };
+            let envelope = parse::<ReviewEnvelope<IgnoredAny>>(text, body)?;
             Ok((envelope, Err(format!("cannot read Pod: {pod_error}"))))
         }
+    }
+}
+
+/// Parses the body from `text` (the body, already checked as UTF-8) when
+/// there is one, else from the bytes.
+fn parse<'a, T: Deserialize<'a>>(text: Option<&'a str>, body: &'a [u8]) -> serde_json::Result<T> {
+    match text {
+        Some(text) => serde_json::from_str(text),
+        None => serde_json::from_slice(body),
     }
 }
 

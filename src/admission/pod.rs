@@ -343,10 +343,8 @@ pub fn write_patch(pod: &PodView, plan: &Plan, annotate: bool, out: &mut Vec<u8>
         for c in &plan.changes {
             originals.entry(&c.container).or_insert(&c.from);
         }
-        let mut encoded = Vec::new();
-        // Writing into a Vec cannot fail, and a map of strings always serializes.
-        let _ = serde_json::to_writer(&mut encoded, &originals);
-        let encoded = std::str::from_utf8(&encoded).unwrap_or_default();
+        // A map of strings always serializes.
+        let encoded = serde_json::to_string(&originals).unwrap_or_default();
         let (op, path) = match &pod.metadata.annotations {
             None => ("add", "/metadata/annotations"),
             Some(map) if map.get(ORIGINAL_IMAGES_ANNOTATION).is_some() => {
@@ -362,10 +360,10 @@ pub fn write_patch(pod: &PodView, plan: &Plan, annotate: bool, out: &mut Vec<u8>
         if pod.metadata.annotations.is_none() {
             out.push(b'{');
             json::key(out, ORIGINAL_IMAGES_ANNOTATION);
-            json::string(out, encoded);
+            json::string(out, &encoded);
             out.push(b'}');
         } else {
-            json::string(out, encoded);
+            json::string(out, &encoded);
         }
         out.push(b'}');
     }

@@ -3,6 +3,7 @@
 
 use super::*;
 use base64::Engine as _;
+use pod::ORIGINAL_IMAGES_ANNOTATION;
 use serde_json::{json, Value};
 
 const FIXTURE: &str = include_str!("../../tests/fixtures/kube-apiserver-v1.19-pod-create.json");
@@ -352,13 +353,13 @@ fn corpus() -> Vec<Vec<u8>> {
     }));
     bodies.push(body(|r| {
         r["request"]["object"]["metadata"]["annotations"] = json!({
-            ORIGINAL_IMAGES_ANNOTATION_KEY: "{\"c0\":\"registry.k8s.io/pause:3.9\",\"sidecar\":\"x:1\"}",
+            ORIGINAL_IMAGES_ANNOTATION: "{\"c0\":\"registry.k8s.io/pause:3.9\",\"sidecar\":\"x:1\"}",
         });
         r["request"]["object"]["spec"]["containers"] = containers(3, "c");
     }));
     bodies.push(body(|r| {
         r["request"]["object"]["metadata"]["annotations"] =
-            json!({ ORIGINAL_IMAGES_ANNOTATION_KEY: "not json" });
+            json!({ ORIGINAL_IMAGES_ANNOTATION: "not json" });
         r["request"]["object"]["spec"]["containers"] = containers(2, "c");
     }));
     bodies.push(body(|r| {
@@ -413,8 +414,6 @@ fn corpus() -> Vec<Vec<u8>> {
     bodies.push(br#"{"request":{"uid":"u","kind":{"group":"","version":"v1","kind":"Pod"},"resource":{"group":"","version":"v1","resource":"pods"},"operation":"CREATE","object":{"spec":{"containers":[{"name":"a","image":"registry.k8s.io/x:1"}]}}}}"#.to_vec());
     bodies
 }
-
-const ORIGINAL_IMAGES_ANNOTATION_KEY: &str = pod::ORIGINAL_IMAGES_ANNOTATION;
 
 #[test]
 fn answers_equal_the_previous_serde_encoder_byte_for_byte() {
