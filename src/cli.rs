@@ -24,7 +24,8 @@ pub struct Cli {
 /// Which rules to use; shared by every command.
 #[derive(Debug, Clone, Args)]
 pub struct RuleArgs {
-    /// Config file (YAML). Without it and without --preset, the embedded default is used.
+    /// Config file (YAML): the rules (without it and without --preset, the embedded default),
+    /// or for `proxy` and `containerd-config` the proxy's config.
     #[arg(long, global = true, env = "DETOUR_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Add a preset (repeatable, or comma-separated): daocloud, daocloud-hosts, lank8s,
@@ -56,6 +57,54 @@ pub enum Command {
     Mirror(MirrorArgs),
     /// What the config would change in a live cluster, namespace by namespace.
     Audit(AuditArgs),
+    /// Run a pull-through caching registry for the upstreams of a proxy config (--config).
+    Proxy(ProxyArgs),
+    /// Write containerd hosts.toml files that pull each upstream of a proxy config through the proxy.
+    ContainerdConfig(ContainerdConfigArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ProxyArgs {
+    /// Registry address. Default 0.0.0.0:5443, or 127.0.0.1:5443 with --dev.
+    #[arg(long, env = "DETOUR_PROXY_LISTEN")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Admin address (plain HTTP: /livez, /readyz, /metrics). Default 0.0.0.0:8080, or 127.0.0.1:8081 with --dev.
+    #[arg(long, env = "DETOUR_ADMIN_LISTEN")]
+    pub admin_listen: Option<std::net::SocketAddr>,
+    /// Directory with tls.crt (chain) and tls.key; reloaded when they change.
+    #[arg(long, env = "DETOUR_CERT_DIR", default_value = "certs")]
+    pub cert_dir: PathBuf,
+    /// Serve plain HTTP (behind a TLS-terminating load balancer).
+    #[arg(long, env = "DETOUR_PLAIN_HTTP")]
+    pub plain_http: bool,
+    /// Development mode: the public upstreams (unless --config), a cache in the temporary
+    /// directory, throwaway certificates, 127.0.0.1, and how to pull through it.
+    #[arg(long, env = "DETOUR_DEV")]
+    pub dev: bool,
+    #[arg(long, value_enum, default_value = "text", env = "DETOUR_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    /// How long to keep serving after SIGTERM while readiness is false.
+    #[arg(long, default_value = "5s", value_parser = parse_duration, env = "DETOUR_SHUTDOWN_DELAY")]
+    pub shutdown_delay: std::time::Duration,
+    /// How long in-flight pulls may take to finish after that.
+    #[arg(long, default_value = "60s", value_parser = parse_duration, env = "DETOUR_SHUTDOWN_GRACE")]
+    pub shutdown_grace: std::time::Duration,
+    /// Safety-net interval for re-checking certificate files (events trigger at once).
+    #[arg(long, default_value = "2s", value_parser = parse_duration, env = "DETOUR_RELOAD_INTERVAL")]
+    pub reload_interval: std::time::Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct ContainerdConfigArgs {
+    /// The proxy as nodes reach it, e.g. https://mirror.example.com:5443 (no path).
+    #[arg(long, value_name = "URL")]
+    pub mirror: String,
+    /// CA certificate (path on the node) that the proxy's certificate chains to.
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// containerd's config_path.
+    #[arg(long, default_value = "/etc/containerd/certs.d", value_name = "DIR")]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod mirror;
 pub mod mirror_command;
 pub mod presets;
+pub mod pullthrough;
 pub mod reference;
 pub mod rules;
 pub mod server;

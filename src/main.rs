@@ -6,7 +6,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use detour::cli::{Cli, Command, ConfigCommand, LogFormat, ServeArgs};
+use detour::cli::{Cli, Command, ConfigCommand, LogFormat, ProxyArgs, ServeArgs};
+use detour::pullthrough::{self, ProxyConfig};
 use detour::{audit_command, certs, commands, managed_certs, mirror_command, server, tls};
 
 // The admission path allocates many small strings; mimalloc is measurably
@@ -68,6 +69,29 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 .block_on(mirror_command::run(args, &config, &mut stdout.lock()))
                 .map_err(|e| anyhow::anyhow!(e))?
         }
+        Command::Proxy(args) => {
+            proxy(args, &cli)?;
+            0
+        }
+        Command::ContainerdConfig(args) => {
+            let path = cli
+                .rules
+                .config
+                .as_ref()
+                .context("--config: the proxy's config file is required")?;
+            let config = ProxyConfig::load(path)?;
+            let written = pullthrough::containerd::write_all(
+                &config,
+                &args.mirror,
+                args.ca.as_deref(),
+                &args.out,
+            )
+            .map_err(|e| anyhow::anyhow!(e))?;
+            for file in written {
+                writeln!(stdout.lock(), "wrote {}", file.display())?;
+            }
+            0
+        }
         Command::Audit(args) => {
             let (_log_guard, config, runtime) = network_command(&cli)?;
             runtime
@@ -125,6 +149,38 @@ fn serve(args: &ServeArgs, cli: &Cli) -> anyhow::Result<()> {
     };
     let runtime = server::runtime().context("cannot start the runtime")?;
     runtime.block_on(server::run(options))?;
+    Ok(())
+}
+
+fn proxy(args: &ProxyArgs, cli: &Cli) -> anyhow::Result<()> {
+    let _log_guard = init_logging(args.log_format);
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let config = match (&cli.rules.config, args.dev) {
+        (Some(path), _) => ProxyConfig::load(path)?,
+        (None, true) => ProxyConfig::dev(std::env::temp_dir().join("detour-proxy-cache")),
+        (None, false) => anyhow::bail!("--config: the proxy's config file is required (or --dev)"),
+    };
+    let host = if args.dev {
+        [127, 0, 0, 1]
+    } else {
+        [0, 0, 0, 0]
+    };
+    let admin_port = if args.dev { 8081 } else { 8080 };
+    let options = pullthrough::ProxyOptions {
+        config,
+        listen: args.listen.unwrap_or((host, 5443).into()),
+        admin_listen: args.admin_listen.unwrap_or((host, admin_port).into()),
+        tls: (!args.plain_http).then(|| tls::TlsSource {
+            cert_dir: args.cert_dir.clone(),
+            client_ca: None,
+        }),
+        dev: args.dev,
+        shutdown_delay: args.shutdown_delay,
+        shutdown_grace: args.shutdown_grace,
+        reload_interval: args.reload_interval,
+    };
+    let runtime = server::runtime().context("cannot start the runtime")?;
+    runtime.block_on(pullthrough::run(options))?;
     Ok(())
 }
 

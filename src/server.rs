@@ -472,7 +472,8 @@ pub fn serve_tls(
     Ok(axum_server::from_tcp(listener)?
         .acceptor(acceptor)
         .handle(handle)
-        .serve(router.into_make_service()))
+        // Peer addresses for handlers that limit per client (the proxy).
+        .serve(router.into_make_service_with_connect_info::<SocketAddr>()))
 }
 
 fn managed_tls(
@@ -588,7 +589,7 @@ fn spawn_config_reloader(
     }))
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -610,7 +611,7 @@ async fn shutdown_signal() {
 }
 
 /// `--dev`: a throwaway CA and certificate for 127.0.0.1 unless present.
-fn prepare_dev_certificates(dir: &std::path::Path) -> Result<(), ServeError> {
+pub(crate) fn prepare_dev_certificates(dir: &std::path::Path) -> Result<(), ServeError> {
     if dir.join(certs::CERT_FILE).exists() && dir.join(certs::KEY_FILE).exists() {
         return Ok(());
     }

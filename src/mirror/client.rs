@@ -552,6 +552,36 @@ impl RegistryClient {
         }
     }
 
+    /// The size of a blob, `None` when absent: a HEAD with pull access
+    /// (what a pulling client asks a proxy).
+    pub async fn blob_size(&self, repo: &Repo, digest: &str) -> Result<Option<u64>, MirrorError> {
+        let url = self.url(repo, &format!("blobs/{digest}"))?;
+        let op = format!("HEAD blob {repo}@{digest}");
+        let response = self
+            .send(&Access::pull(repo), &op, true, |h| h.head(url.clone()))
+            .await?;
+        match response.status() {
+            StatusCode::NOT_FOUND => Ok(None),
+            s if s.is_success() => Ok(Some(response.content_length().unwrap_or(0))),
+            _ => Err(MirrorError::status(&op, response).await),
+        }
+    }
+
+    /// A page of the repository's tag list (`query`: the client's `n` and
+    /// `last`), as the registry wrote it.
+    pub async fn tag_list(&self, repo: &Repo, query: Option<&str>) -> Result<Bytes, MirrorError> {
+        let mut url = self.url(repo, "tags/list")?;
+        url.set_query(query);
+        let op = format!("GET tags {repo}");
+        let response = self
+            .send(&Access::pull(repo), &op, true, |h| h.get(url.clone()))
+            .await?;
+        if !response.status().is_success() {
+            return Err(MirrorError::status(&op, response).await);
+        }
+        read_limited(response, MAX_MANIFEST_BYTES, &op).await
+    }
+
     /// Starts fetching a blob; the caller streams the body.
     pub async fn get_blob(&self, repo: &Repo, digest: &str) -> Result<Response, MirrorError> {
         let url = self.url(repo, &format!("blobs/{digest}"))?;

@@ -1,0 +1,263 @@
+//! Filling the cache with one blob while streaming it to every client that
+//! asks for it meanwhile.
+//!
+//! Layer: adapter (upstream and filesystem I/O). A fill is a task of its own,
+//! not a client's request, so a client that disconnects does not abort it.
+//! It writes the upstream's bytes to a file under `tmp/` on a blocking
+//! thread that also hashes them, and publishes how much is written; each
+//! client follows the file with a [`Follower`] at its own pace. The last
+//! byte is released only once the digest has been checked, so a corrupt
+//! upstream blob never reaches a client whole, and it is never stored: the
+//! fill ends in a rename into the cache or in deleting the file.
+//!
+//! Concurrent requests for a missing blob find its fill in [`Fills`] and
+//! follow it, so the upstream sends it once. A follower opens the file while
+//! the fill is registered, and the fill is unregistered (under the same
+//! lock) before its file is renamed or deleted, so every follower holds an
+//! open file.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::sync::watch;
+
+use crate::mirror::digest::Hasher;
+
+/// Published after this many new bytes (and at the end), not after every
+/// chunk: fifty followers need not wake for every 16 KiB.
+const PUBLISH_EVERY: u64 = 256 * 1024;
+/// What a follower reads at once.
+const READ_CHUNK: usize = 128 * 1024;
+
+/// How far a fill is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Progress {
+    /// Waiting for the upstream's answer.
+    Starting,
+    /// Writing: bytes on disk, and the size the upstream announced.
+    Running { written: u64, total: Option<u64> },
+    /// Verified and in the cache.
+    Done { size: u64 },
+    /// Failed; nothing was stored.
+    Failed(FillFailure),
+}
+
+/// Why a fill failed, as clients are told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FillFailure {
+    /// The upstream answered 404.
+    pub not_found: bool,
+    /// A connection problem or 5xx that may pass.
+    pub transient: bool,
+    pub message: String,
+}
+
+pub struct Fill {
+    path: PathBuf,
+    progress: watch::Receiver<Progress>,
+}
+
+impl Fill {
+    pub fn progress(&self) -> watch::Receiver<Progress> {
+        self.progress.clone()
+    }
+}
+
+/// The fills in progress, by digest.
+#[derive(Default)]
+pub struct Fills {
+    running: Mutex<HashMap<String, Arc<Fill>>>,
+}
+
+/// What a fill's task is given.
+pub struct FillTask {
+    pub digest: String,
+    pub path: PathBuf,
+    pub file: std::fs::File,
+    pub progress: Arc<watch::Sender<Progress>>,
+}
+
+impl Fills {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Fill>>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Follows the fill of `digest`, starting one with `start` when none
+    /// runs. `cached` is checked under the lock: a fill that just finished
+    /// has already put its blob in the cache, and `None` is returned.
+    pub fn follow(
+        &self,
+        digest: &str,
+        cached: impl Fn() -> bool,
+        new_file: impl FnOnce() -> std::io::Result<(PathBuf, std::fs::File)>,
+        start: impl FnOnce(FillTask),
+    ) -> std::io::Result<Option<(Arc<Fill>, std::fs::File)>> {
+        let mut running = self.lock();
+        if let Some(fill) = running.get(digest) {
+            let file = std::fs::File::open(&fill.path)?;
+            return Ok(Some((fill.clone(), file)));
+        }
+        if cached() {
+            return Ok(None);
+        }
+        let (path, file) = new_file()?;
+        let reader = std::fs::File::open(&path)?;
+        let (sender, receiver) = watch::channel(Progress::Starting);
+        let fill = Arc::new(Fill {
+            path: path.clone(),
+            progress: receiver,
+        });
+        running.insert(digest.to_string(), fill.clone());
+        drop(running);
+        start(FillTask {
+            digest: digest.to_string(),
+            path,
+            file,
+            progress: Arc::new(sender),
+        });
+        Ok(Some((fill, reader)))
+    }
+
+    /// Unregisters a fill; `then` (rename or delete its file) runs under
+    /// the lock so that no follower opens the file after it moved.
+    pub fn finish<T>(&self, digest: &str, then: impl FnOnce() -> T) -> T {
+        let mut running = self.lock();
+        running.remove(digest);
+        then()
+    }
+}
+
+/// What the writer thread reports: bytes written (and synced to disk), and
+/// their digest.
+pub type Written = tokio::task::JoinHandle<(std::io::Result<u64>, String)>;
+
+/// Writes chunks to the fill's file on a blocking thread, hashing them and
+/// publishing progress. Dropping the sender ends the file.
+pub fn spawn_writer(
+    mut file: std::fs::File,
+    expected_digest: &str,
+    total: Option<u64>,
+    progress: Arc<watch::Sender<Progress>>,
+) -> Result<(tokio::sync::mpsc::Sender<Bytes>, Written), crate::mirror::MirrorError> {
+    let mut hasher = Hasher::for_digest(expected_digest)?;
+    let (sender, mut chunks) = tokio::sync::mpsc::channel::<Bytes>(8);
+    let handle = tokio::task::spawn_blocking(move || {
+        let mut written = 0u64;
+        let mut published = 0u64;
+        let mut result = Ok(());
+        while let Some(chunk) = chunks.blocking_recv() {
+            if let Err(e) = file.write_all(&chunk) {
+                result = Err(e);
+                break;
+            }
+            hasher.update(&chunk);
+            written += chunk.len() as u64;
+            if written - published >= PUBLISH_EVERY {
+                published = written;
+                progress.send_replace(Progress::Running { written, total });
+            }
+        }
+        // On disk before it is renamed into the cache: a crash must not
+        // leave a cached name with missing bytes.
+        let result = result.and_then(|_| file.sync_data());
+        progress.send_replace(Progress::Running { written, total });
+        (result.map(|_| written), hasher.finish())
+    });
+    Ok((sender, handle))
+}
+
+/// One client's view of a blob being filled (or already cached): the bytes
+/// of `start..end` as they become available and verified.
+pub struct Follower {
+    file: tokio::fs::File,
+    progress: watch::Receiver<Progress>,
+    position: u64,
+    end: Option<u64>,
+}
+
+impl Follower {
+    /// `end` is exclusive; `None` reads to the end of the blob.
+    pub async fn new(
+        file: std::fs::File,
+        progress: watch::Receiver<Progress>,
+        start: u64,
+        end: Option<u64>,
+    ) -> std::io::Result<Follower> {
+        let mut file = tokio::fs::File::from_std(file);
+        if start > 0 {
+            file.seek(std::io::SeekFrom::Start(start)).await?;
+        }
+        Ok(Follower {
+            file,
+            progress,
+            position: start,
+            end,
+        })
+    }
+
+    /// The next chunk, `None` at the end, an error when the fill failed.
+    pub async fn next_chunk(&mut self) -> Option<std::io::Result<Bytes>> {
+        loop {
+            let readable = match &*self.progress.borrow_and_update() {
+                Progress::Starting => 0,
+                // The last byte waits for the digest check.
+                Progress::Running { written, .. } => written.saturating_sub(1),
+                Progress::Done { size } => {
+                    let end = self.end.unwrap_or(*size).min(*size);
+                    if self.position >= end {
+                        return None;
+                    }
+                    *size
+                }
+                Progress::Failed(failure) => {
+                    return Some(Err(std::io::Error::other(failure.message.clone())))
+                }
+            };
+            let limit = self.end.map_or(readable, |end| end.min(readable));
+            if self.position < limit {
+                let want = (limit - self.position).min(READ_CHUNK as u64) as usize;
+                let mut buffer = vec![0; want];
+                let mut filled = 0;
+                while filled < want {
+                    match self.file.read(&mut buffer[filled..]).await {
+                        Ok(0) => break,
+                        Ok(n) => filled += n,
+                        Err(e) => return Some(Err(e)),
+                    }
+                }
+                if filled == 0 {
+                    return Some(Err(std::io::Error::other(
+                        "cached blob is shorter than recorded",
+                    )));
+                }
+                buffer.truncate(filled);
+                self.position += filled as u64;
+                return Some(Ok(Bytes::from(buffer)));
+            }
+            if self.progress.changed().await.is_err() {
+                // The fill ended without a final word: only possible if
+                // its task panicked.
+                if !matches!(*self.progress.borrow(), Progress::Done { .. }) {
+                    return Some(Err(std::io::Error::other("blob fill stopped")));
+                }
+            }
+        }
+    }
+}
+
+/// A follower for a blob already in the cache.
+pub async fn cached(
+    path: &std::path::Path,
+    size: u64,
+    start: u64,
+    end: Option<u64>,
+) -> std::io::Result<Follower> {
+    let file = std::fs::File::open(path)?;
+    // The sender is dropped at once: a finished fill never changes.
+    let (_, progress) = watch::channel(Progress::Done { size });
+    Follower::new(file, progress, start, end).await
+}
