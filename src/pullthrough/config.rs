@@ -35,6 +35,12 @@ pub struct ProxyConfig {
 pub struct Upstream {
     /// `registry.k8s.io`, `docker.io`, `host:port`: as in image references.
     pub host: String,
+    /// How clients name this upstream as the first path component
+    /// (`MIRROR/<name>/<repository>`); the host by default. A host with a
+    /// port is not a path component: give it a name (or use `hostNames`,
+    /// or containerd's `?ns=`).
+    #[serde(default)]
+    pub name: Option<String>,
     /// Host names this proxy answers as this upstream (host-based routing,
     /// e.g. `k8s.mirror.example.com`).
     #[serde(default)]
@@ -186,11 +192,7 @@ impl ProxyConfig {
         if self.upstreams.is_empty() {
             return invalid("no upstreams: list the registries this proxy may fetch from".into());
         }
-        let router = super::route::Router::new(
-            self.upstreams
-                .iter()
-                .map(|u| (u.host.as_str(), u.host_names.as_slice())),
-        );
+        let router = self.router();
         let policy = crate::mirror::safety::AddressPolicy {
             allow_loopback: self.registry.allow_loopback,
         };
@@ -207,6 +209,16 @@ impl ProxyConfig {
             if let Err(why) = policy.check_host(bare.trim_start_matches('[').trim_end_matches(']'))
             {
                 return invalid(format!("upstream {host:?}: {why}"));
+            }
+            if let Some(name) = &upstream.name {
+                if !crate::reference::is_path_component(name) {
+                    return invalid(format!(
+                        "name {name:?} of {host:?} is not a repository path component"
+                    ));
+                }
+                if router.upstream(name) != Some(i) {
+                    return invalid(format!("name {name:?} is given to two upstreams"));
+                }
             }
             for name in &upstream.host_names {
                 if validate_domain(name).is_err() || name.contains(':') {
@@ -226,6 +238,15 @@ impl ProxyConfig {
         Ok(())
     }
 
+    /// Routing for these upstreams.
+    pub fn router(&self) -> super::route::Router {
+        super::route::Router::new(self.upstreams.iter().map(|u| super::route::UpstreamNames {
+            host: &u.host,
+            name: u.name.as_deref(),
+            host_names: &u.host_names,
+        }))
+    }
+
     /// `--dev`: the public registries that clusters behind a wall miss,
     /// cached in `directory`.
     pub fn dev(directory: PathBuf) -> ProxyConfig {
@@ -240,6 +261,7 @@ impl ProxyConfig {
         .into_iter()
         .map(|host| Upstream {
             host: host.into(),
+            name: None,
             host_names: vec![],
         })
         .collect();

@@ -81,32 +81,50 @@ impl RouteError {
     }
 }
 
+/// How one upstream is named by clients.
+pub struct UpstreamNames<'a> {
+    /// `registry.k8s.io`, `docker.io`, `host:port`.
+    pub host: &'a str,
+    /// Another first path component for it (a host with a port is not one).
+    pub name: Option<&'a str>,
+    /// Host names this proxy answers as this upstream.
+    pub host_names: &'a [String],
+}
+
 /// The upstreams, as routing sees them.
 #[derive(Debug, Clone, Default)]
 pub struct Router {
     /// Upstream registry hosts (`registry.k8s.io`, `docker.io`, `host:port`), lower case.
     hosts: Vec<String>,
+    /// `(path name, upstream index)`: configured names besides the hosts.
+    names: Vec<(String, usize)>,
     /// `(served-as host name, upstream index)`, lower case, without port.
     host_names: Vec<(String, usize)>,
 }
 
 impl Router {
-    /// `upstreams`: `(host, host names it is served as)`.
-    pub fn new<'a>(upstreams: impl IntoIterator<Item = (&'a str, &'a [String])>) -> Router {
+    pub fn new<'a>(upstreams: impl IntoIterator<Item = UpstreamNames<'a>>) -> Router {
         let mut router = Router::default();
-        for (i, (host, names)) in upstreams.into_iter().enumerate() {
-            router.hosts.push(canonical_host(host));
-            for name in names {
+        for (i, upstream) in upstreams.into_iter().enumerate() {
+            router.hosts.push(canonical_host(upstream.host));
+            if let Some(name) = upstream.name {
+                router.names.push((name.to_string(), i));
+            }
+            for name in upstream.host_names {
                 router.host_names.push((name.to_ascii_lowercase(), i));
             }
         }
         router
     }
 
-    /// The upstream written as `host` (`index.docker.io` is Docker Hub).
+    /// The upstream written as `host` (`index.docker.io` is Docker Hub) or
+    /// by its configured name.
     pub fn upstream(&self, host: &str) -> Option<usize> {
         let host = canonical_host(host);
-        self.hosts.iter().position(|h| *h == host)
+        self.hosts
+            .iter()
+            .position(|h| *h == host)
+            .or_else(|| self.names.iter().find(|(n, _)| *n == host).map(|(_, i)| *i))
     }
 
     pub fn host(&self, upstream: usize) -> &str {

@@ -21,7 +21,6 @@ use super::clients::{ClientLimit, Htpasswd};
 use super::config::ProxyConfig;
 use super::http::{router, ProxyApp};
 use super::metrics::ProxyMetrics;
-use super::route::Router as Routes;
 use super::service::{Proxy, ProxySettings};
 use super::store::Store;
 use crate::tls::TlsSource;
@@ -59,12 +58,7 @@ pub fn build(config: &ProxyConfig) -> Result<Arc<ProxyApp>, ProxyRunError> {
     let cache = &config.cache;
     let store = Store::open(&cache.directory, cache.max_size.0)
         .map_err(|e| ProxyRunError::Cache(cache.directory.display().to_string(), e))?;
-    let routes = Routes::new(
-        config
-            .upstreams
-            .iter()
-            .map(|u| (u.host.as_str(), u.host_names.as_slice())),
-    );
+    let routes = config.router();
     let htpasswd = match &config.clients.htpasswd {
         Some(path) => Some(Htpasswd::load(path).map_err(ProxyRunError::Setup)?),
         None => None,

@@ -4,7 +4,7 @@
 //! `skopeo` to read back what landed.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -40,6 +40,8 @@ pub struct RegistryOptions {
     pub secure: bool,
     /// Bearer token auth: (realm, certificate bundle of the token signer).
     pub token: Option<(String, PathBuf)>,
+    /// Log every request (to `access.log`), to count what clients fetched.
+    pub access_log: bool,
 }
 
 pub struct Registry {
@@ -80,7 +82,8 @@ impl Registry {
         let root = self.dir.path();
         std::fs::create_dir_all(root.join("storage")).unwrap();
         let mut config = format!(
-            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{}\n  secret: detour-tests\n",
+            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: {}\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{}\n  secret: detour-tests\n",
+            !self.options.access_log,
             root.join("storage").display(),
             self.port
         );
@@ -123,7 +126,13 @@ impl Registry {
         let child = Command::new("docker-registry")
             .arg("serve")
             .arg(self.dir.path().join("config.yml"))
-            .stdout(Stdio::null())
+            .stdout(
+                std::fs::File::options()
+                    .create(true)
+                    .append(true)
+                    .open(self.dir.path().join("access.log"))
+                    .unwrap(),
+            )
             .stderr(std::fs::File::create(self.dir.path().join("registry.log")).unwrap())
             .spawn()
             .expect("docker-registry is installed");
@@ -137,6 +146,16 @@ impl Registry {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Requests in the access log (`access_log: true`) whose line contains
+    /// every needle, e.g. `["GET ", "/blobs/sha256:…"]`.
+    pub fn requests(&self, needles: &[&str]) -> usize {
+        std::fs::read_to_string(self.dir.path().join("access.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|line| needles.iter().all(|n| line.contains(n)))
+            .count()
     }
 
     /// Kills the registry (storage stays).

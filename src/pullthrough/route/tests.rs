@@ -3,10 +3,15 @@ use super::*;
 fn router() -> Router {
     let k8s_names = vec!["k8s.mirror.example.com".to_string()];
     let none: Vec<String> = vec![];
+    let upstream = |host, name, host_names| UpstreamNames {
+        host,
+        name,
+        host_names,
+    };
     Router::new([
-        ("registry.k8s.io", k8s_names.as_slice()),
-        ("docker.io", none.as_slice()),
-        ("127.0.0.1:5001", none.as_slice()),
+        upstream("registry.k8s.io", None, k8s_names.as_slice()),
+        upstream("docker.io", None, none.as_slice()),
+        upstream("127.0.0.1:5001", Some("local"), none.as_slice()),
     ])
 }
 
@@ -46,7 +51,12 @@ fn path_routing_names_the_upstream_first() {
         )
         .unwrap();
     assert_eq!((route.upstream, route.repository.as_str()), (2, "team/app"));
-    assert_eq!(route.target, Target::Blob(digest));
+    assert_eq!(route.target, Target::Blob(digest.clone()));
+    // The configured name of an upstream whose host has a port.
+    let route = r
+        .route(None, &format!("/v2/local/team/app/blobs/{digest}"), None)
+        .unwrap();
+    assert_eq!((route.upstream, route.repository.as_str()), (2, "team/app"));
 }
 
 #[test]
