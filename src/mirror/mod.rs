@@ -127,21 +127,7 @@ fn registry_error(body: &[u8]) -> String {
 pub fn client_for(
     settings: &crate::config::MirrorSettings,
 ) -> Result<std::sync::Arc<RegistryClient>, MirrorError> {
-    let mut extra_roots = Vec::new();
-    for path in &settings.ca_files {
-        let pem = std::fs::read(path)
-            .map_err(|e| MirrorError::Invalid(format!("{}: cannot read: {e}", path.display())))?;
-        let certs: Vec<_> = rustls_pki_types::pem::PemObject::pem_slice_iter(&pem)
-            .collect::<Result<_, _>>()
-            .map_err(|e| MirrorError::Invalid(format!("{}: {e:?}", path.display())))?;
-        if certs.is_empty() {
-            return Err(MirrorError::Invalid(format!(
-                "{}: no PEM certificate",
-                path.display()
-            )));
-        }
-        extra_roots.extend(certs);
-    }
+    let extra_roots = load_ca_files(&settings.ca_files)?;
     RegistryClient::new(ClientSettings {
         plain_http: settings.plain_http.clone(),
         extra_roots,
@@ -153,6 +139,28 @@ pub fn client_for(
         retries: settings.retries,
         proxy: proxy_settings(settings).map_err(MirrorError::Invalid)?,
     })
+}
+
+/// The certificates of PEM files of extra CAs.
+pub fn load_ca_files(
+    paths: &[std::path::PathBuf],
+) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, MirrorError> {
+    let mut roots = Vec::new();
+    for path in paths {
+        let pem = std::fs::read(path)
+            .map_err(|e| MirrorError::Invalid(format!("{}: cannot read: {e}", path.display())))?;
+        let certs: Vec<_> = rustls_pki_types::pem::PemObject::pem_slice_iter(&pem)
+            .collect::<Result<_, _>>()
+            .map_err(|e| MirrorError::Invalid(format!("{}: {e:?}", path.display())))?;
+        if certs.is_empty() {
+            return Err(MirrorError::Invalid(format!(
+                "{}: no PEM certificate",
+                path.display()
+            )));
+        }
+        roots.extend(certs);
+    }
+    Ok(roots)
 }
 
 /// `mirror.proxy` when set, else the environment's proxies.

@@ -50,9 +50,15 @@ pub struct Upstream {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct CacheSettings {
-    /// Where blobs and manifests are kept (`--dev`: a temporary directory).
+    /// Where blobs and manifests are kept (`--dev`: a temporary directory);
+    /// with `s3`, only blobs being fetched.
     #[serde(default = "defaults::directory")]
     pub directory: PathBuf,
+    /// Keep the cache in an S3-compatible bucket instead, shared by every
+    /// replica. Credentials from `AWS_ACCESS_KEY_ID` and
+    /// `AWS_SECRET_ACCESS_KEY`.
+    #[serde(default)]
+    pub s3: Option<S3Cache>,
     /// Least recently used blobs are evicted beyond this size.
     #[serde(default = "defaults::max_size")]
     pub max_size: ByteSize,
@@ -69,11 +75,28 @@ impl Default for CacheSettings {
     fn default() -> Self {
         CacheSettings {
             directory: defaults::directory(),
+            s3: None,
             max_size: defaults::max_size(),
             tag_ttl: defaults::tag_ttl(),
             serve_stale: defaults::serve_stale(),
         }
     }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct S3Cache {
+    /// `https://s3.eu-west-1.amazonaws.com`, `http://minio.storage:9000`.
+    pub endpoint: String,
+    pub bucket: String,
+    #[serde(default = "defaults::region")]
+    pub region: String,
+    /// Prepended to every key, e.g. `detour/`.
+    #[serde(default)]
+    pub prefix: String,
+    /// `bucket.endpoint` (virtual-hosted style) instead of `endpoint/bucket`.
+    #[serde(default)]
+    pub virtual_host: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -104,6 +127,9 @@ mod defaults {
     }
     pub fn serve_stale() -> ConfigDuration {
         ConfigDuration(Duration::from_secs(7 * 86_400))
+    }
+    pub fn region() -> String {
+        "us-east-1".into()
     }
     pub fn per_client() -> usize {
         64
@@ -227,6 +253,15 @@ impl ProxyConfig {
                 if !names.insert(name.to_ascii_lowercase()) {
                     return invalid(format!("host name {name:?} is given to two upstreams"));
                 }
+            }
+        }
+        if let Some(s3) = &self.cache.s3 {
+            match reqwest::Url::parse(&s3.endpoint) {
+                Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {}
+                _ => return invalid(format!("cache.s3.endpoint {:?} is not an http(s) URL", s3.endpoint)),
+            }
+            if s3.bucket.is_empty() || s3.bucket.contains('/') {
+                return invalid(format!("cache.s3.bucket {:?} is not a bucket name", s3.bucket));
             }
         }
         if self.cache.max_size.0 == 0 {

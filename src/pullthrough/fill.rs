@@ -249,6 +249,26 @@ impl Follower {
     }
 }
 
+/// A blob's bytes on their way to a client: a local file (being filled or
+/// cached), or a download from the shared cache.
+pub enum BlobBody {
+    Local(Follower),
+    Remote(reqwest::Response),
+}
+
+impl BlobBody {
+    pub async fn next_chunk(&mut self) -> Option<std::io::Result<Bytes>> {
+        match self {
+            BlobBody::Local(follower) => follower.next_chunk().await,
+            BlobBody::Remote(response) => match response.chunk().await {
+                Ok(Some(bytes)) => Some(Ok(bytes)),
+                Ok(None) => None,
+                Err(e) => Some(Err(std::io::Error::other(e.without_url()))),
+            },
+        }
+    }
+}
+
 /// A follower for a blob already in the cache.
 pub async fn cached(
     path: &std::path::Path,

@@ -18,6 +18,7 @@ pub mod http;
 pub mod metrics;
 pub mod route;
 pub mod run;
+pub mod s3;
 pub mod service;
 pub mod store;
 

@@ -18,11 +18,12 @@ use axum::Router;
 use axum_server::tls_rustls::RustlsConfig;
 
 use super::clients::{ClientLimit, Htpasswd};
-use super::config::ProxyConfig;
+use super::config::{ProxyConfig, S3Cache};
+use super::s3::{S3Client, S3Settings};
 use super::http::{router, ProxyApp};
 use super::metrics::ProxyMetrics;
 use super::service::{Proxy, ProxySettings};
-use super::store::Store;
+use super::store::{Backend, Store};
 use crate::tls::TlsSource;
 
 #[derive(Debug, thiserror::Error)]
@@ -31,8 +32,8 @@ pub enum ProxyRunError {
     Setup(String),
     #[error("cannot listen on {0}: {1}")]
     Listen(SocketAddr, std::io::Error),
-    #[error("cache directory {0}: {1}")]
-    Cache(String, std::io::Error),
+    #[error("cache {0}: {1}")]
+    Cache(String, super::store::StoreError),
     #[error(transparent)]
     Server(std::io::Error),
 }
@@ -50,14 +51,34 @@ pub struct ProxyOptions {
     pub reload_interval: Duration,
 }
 
-/// The proxy's request handler and state, built from the config (the
-/// tests and `run` both start from here).
-pub fn build(config: &ProxyConfig) -> Result<Arc<ProxyApp>, ProxyRunError> {
+/// How often a shared cache's index is brought up to date with the bucket.
+const RESCAN_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The proxy's request handler and state, built from the config.
+pub async fn build(config: &ProxyConfig) -> Result<Arc<ProxyApp>, ProxyRunError> {
     let client = crate::mirror::client_for(&config.registry)
         .map_err(|e| ProxyRunError::Setup(format!("upstream client: {e}")))?;
     let cache = &config.cache;
-    let store = Store::open(&cache.directory, cache.max_size.0)
-        .map_err(|e| ProxyRunError::Cache(cache.directory.display().to_string(), e))?;
+    let backend = match &cache.s3 {
+        Some(s3) => s3_backend(s3, config)?,
+        None => Backend::Local,
+    };
+    let store = Arc::new(
+        Store::open(&cache.directory, cache.max_size.0, backend)
+            .await
+            .map_err(|e| ProxyRunError::Cache(cache.directory.display().to_string(), e))?,
+    );
+    if store.is_shared() {
+        let store = store.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(RESCAN_INTERVAL).await;
+                if let Err(e) = store.rescan().await {
+                    tracing::warn!(error = %e, "cannot list the shared cache");
+                }
+            }
+        });
+    }
     let routes = config.router();
     let htpasswd = match &config.clients.htpasswd {
         Some(path) => Some(Htpasswd::load(path).map_err(ProxyRunError::Setup)?),
@@ -66,7 +87,7 @@ pub fn build(config: &ProxyConfig) -> Result<Arc<ProxyApp>, ProxyRunError> {
     let proxy = Proxy::new(
         routes,
         client,
-        Arc::new(store),
+        store,
         ProxySettings {
             tag_ttl: cache.tag_ttl.0,
             serve_stale: cache.serve_stale.0,
@@ -80,12 +101,58 @@ pub fn build(config: &ProxyConfig) -> Result<Arc<ProxyApp>, ProxyRunError> {
     }))
 }
 
+/// The S3 client of a shared cache; credentials from the environment.
+fn s3_backend(s3: &S3Cache, config: &ProxyConfig) -> Result<Backend, ProxyRunError> {
+    let setup = |m: String| ProxyRunError::Setup(format!("cache.s3: {m}"));
+    let env = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| setup(format!("{name} is not set")))
+    };
+    let endpoint = reqwest::Url::parse(&s3.endpoint).map_err(|e| setup(e.to_string()))?;
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    for cert in crate::mirror::load_ca_files(&config.registry.ca_files)
+        .map_err(|e| setup(e.to_string()))?
+    {
+        roots.add(cert).map_err(|e| setup(e.to_string()))?;
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| setup(e.to_string()))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .use_preconfigured_tls(tls)
+        .connect_timeout(Duration::from_secs(10))
+        .read_timeout(config.registry.request_timeout.0)
+        .build()
+        .map_err(|e| setup(e.to_string()))?;
+    let settings = S3Settings {
+        endpoint,
+        bucket: s3.bucket.clone(),
+        region: s3.region.clone(),
+        virtual_host: s3.virtual_host,
+        access_key: env("AWS_ACCESS_KEY_ID")?,
+        secret_key: env("AWS_SECRET_ACCESS_KEY")?,
+    };
+    Ok(Backend::S3 {
+        client: S3Client::new(settings, http),
+        prefix: s3.prefix.clone(),
+    })
+}
+
 pub async fn run(opts: ProxyOptions) -> Result<(), ProxyRunError> {
     if let (true, Some(tls)) = (opts.dev, &opts.tls) {
         crate::server::prepare_dev_certificates(&tls.cert_dir)
             .map_err(|e| ProxyRunError::Setup(e.to_string()))?;
     }
-    let app = build(&opts.config)?;
+    let app = build(&opts.config).await?;
     let ready = Arc::new(AtomicBool::new(false));
     let admin = tokio::net::TcpListener::bind(opts.admin_listen)
         .await

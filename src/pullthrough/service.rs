@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::fill::{self, FillFailure, FillTask, Fills, Follower, Progress};
+use super::fill::{self, BlobBody, FillFailure, FillTask, Fills, Follower, Progress};
 use super::metrics::{CacheLabels, FetchLabels, ProxyMetrics};
 use super::route::{Reference, Router};
 use super::store::Store;
@@ -65,7 +65,7 @@ pub struct BlobAnswer {
     /// The byte range sent (`start..end`), when a range was asked for and
     /// the size is known.
     pub range: Option<(u64, u64)>,
-    pub body: Follower,
+    pub body: BlobBody,
 }
 
 /// A requested byte range: `start..end` (exclusive), or the last `n` bytes.
@@ -167,7 +167,7 @@ impl Proxy {
         repository: &str,
         reference: &Reference,
     ) -> Result<ManifestAnswer, ProxyError> {
-        if let Some(answer) = self.cached_manifest(upstream, repository, reference, false) {
+        if let Some(answer) = self.cached_manifest(upstream, repository, reference, false).await {
             self.count(upstream, "manifest", "hit");
             return Ok(answer);
         }
@@ -185,7 +185,7 @@ impl Proxy {
         };
         let answer = {
             let _one_at_a_time = lookup.lock().await;
-            match self.cached_manifest(upstream, repository, reference, false) {
+            match self.cached_manifest(upstream, repository, reference, false).await {
                 Some(answer) => {
                     self.count(upstream, "manifest", "hit");
                     Ok(answer)
@@ -205,7 +205,7 @@ impl Proxy {
 
     /// From the cache: by digest always; by tag while the tag is fresh (or
     /// `stale_ok` and within the stale window).
-    fn cached_manifest(
+    async fn cached_manifest(
         &self,
         upstream: usize,
         repository: &str,
@@ -217,7 +217,8 @@ impl Proxy {
             Reference::Tag(tag) => {
                 let (digest, age) = self
                     .store
-                    .tag(self.router.host(upstream), repository, tag)?;
+                    .tag(self.router.host(upstream), repository, tag)
+                    .await?;
                 let ttl = self.settings.tag_ttl;
                 if age <= ttl {
                     (digest, false)
@@ -228,7 +229,7 @@ impl Proxy {
                 }
             }
         };
-        let stored = self.store.manifest(&digest)?;
+        let stored = self.store.manifest(&digest).await?;
         Some(ManifestAnswer {
             media_type: stored.media_type,
             digest,
@@ -257,7 +258,7 @@ impl Proxy {
                         )))
                     }
                     Ok(None) => {
-                        self.store.remove_tag(host, repository, tag);
+                        self.store.remove_tag(host, repository, tag).await;
                         self.count(upstream, "manifest", "miss");
                         return Err(ProxyError::NotFound(format!(
                             "{repo}:{tag}: no such manifest"
@@ -268,7 +269,7 @@ impl Proxy {
                         let error = ProxyError::from(e);
                         if matches!(error, ProxyError::Unavailable(_)) {
                             if let Some(answer) =
-                                self.cached_manifest(upstream, repository, reference, true)
+                                self.cached_manifest(upstream, repository, reference, true).await
                             {
                                 self.count(upstream, "manifest", "stale");
                                 self.metrics
@@ -284,7 +285,7 @@ impl Proxy {
                 }
             }
         };
-        let answer = match self.store.manifest(&digest) {
+        let answer = match self.store.manifest(&digest).await {
             Some(stored) => {
                 self.count(upstream, "manifest", "hit");
                 ManifestAnswer {
@@ -314,10 +315,11 @@ impl Proxy {
                 if let Err(e) =
                     self.store
                         .put_manifest(&digest, &fetched.media_type, &fetched.bytes)
+                        .await
                 {
                     tracing::error!(error = %e, digest, "cannot store a manifest; serving it uncached");
                 }
-                self.after_store();
+                self.after_store().await;
                 ManifestAnswer {
                     media_type: fetched.media_type,
                     digest: digest.clone(),
@@ -327,7 +329,7 @@ impl Proxy {
             }
         };
         if let Reference::Tag(tag) = reference {
-            if let Err(e) = self.store.put_tag(host, repository, tag, &digest) {
+            if let Err(e) = self.store.put_tag(host, repository, tag, &digest).await {
                 tracing::error!(error = %e, tag, "cannot store a tag");
             }
         }
@@ -341,7 +343,7 @@ impl Proxy {
         repository: &str,
         digest: &str,
     ) -> Result<u64, ProxyError> {
-        if let Some((_, size)) = self.store.blob(digest) {
+        if let Some(size) = self.store.blob(digest).await {
             self.count(upstream, "blob", "hit");
             return Ok(size);
         }
@@ -369,16 +371,16 @@ impl Proxy {
         range: Option<ByteRange>,
     ) -> Result<BlobAnswer, ProxyError> {
         let cache_error = |e: std::io::Error| ProxyError::Cache(e.to_string());
-        if let Some((path, size)) = self.store.blob(digest) {
+        if let Some(size) = self.store.blob(digest).await {
             self.count(upstream, "blob", "hit");
-            return self.cached_blob(&path, size, range).await;
+            return self.cached_blob(digest, size, range).await;
         }
         let repo = self.repo(upstream, repository);
         let followed = self
             .fills
             .follow(
                 digest,
-                || self.store.blob(digest).is_some(),
+                || self.store.knows_blob(digest),
                 || self.store.temp_file(),
                 |task| {
                     let proxy = self.clone();
@@ -388,12 +390,13 @@ impl Proxy {
             .map_err(cache_error)?;
         let Some((fill, file)) = followed else {
             // Finished between the two looks.
-            let (path, size) = self
+            let size = self
                 .store
                 .blob(digest)
+                .await
                 .ok_or_else(|| ProxyError::Cache("blob evicted as it was stored".into()))?;
             self.count(upstream, "blob", "hit");
-            return self.cached_blob(&path, size, range).await;
+            return self.cached_blob(digest, size, range).await;
         };
         self.count(upstream, "blob", "miss");
         // Wait for the upstream's answer: an error before any byte is the
@@ -423,12 +426,16 @@ impl Proxy {
         let body = Follower::new(file, fill.progress(), start, end)
             .await
             .map_err(cache_error)?;
-        Ok(BlobAnswer { size, range, body })
+        Ok(BlobAnswer {
+            size,
+            range,
+            body: BlobBody::Local(body),
+        })
     }
 
     async fn cached_blob(
         &self,
-        path: &std::path::Path,
+        digest: &str,
         size: u64,
         range: Option<ByteRange>,
     ) -> Result<BlobAnswer, ProxyError> {
@@ -440,7 +447,9 @@ impl Proxy {
             None => None,
         };
         let (start, end) = range.map_or((0, None), |(s, e)| (s, Some(e)));
-        let body = fill::cached(path, size, start, end)
+        let body = self
+            .store
+            .open_blob(digest, size, start, end)
             .await
             .map_err(|e| ProxyError::Cache(e.to_string()))?;
         Ok(BlobAnswer {
@@ -466,10 +475,21 @@ impl Proxy {
             .await;
         match result {
             Ok(size) => {
-                let committed = self
-                    .fills
-                    .finish(&digest, || self.store.commit_blob(&path, &digest, size));
-                if let Err(e) = &committed {
+                // Uploaded (shared cache) while the fill is still followed,
+                // then moved into place (local) as it stops being followed.
+                let stored = match self.store.upload_blob(&path, &digest, size).await {
+                    Ok(()) => self
+                        .fills
+                        .finish(&digest, || self.store.settle_blob(&path, &digest, size))
+                        .map_err(|e| e.to_string()),
+                    Err(e) => {
+                        self.fills.finish(&digest, || {
+                            let _ = std::fs::remove_file(&path);
+                        });
+                        Err(e.to_string())
+                    }
+                };
+                if let Err(e) = &stored {
                     tracing::error!(error = %e, digest, "cannot store a verified blob; it was served uncached");
                 }
                 // Followers read their open file, stored or not.
@@ -482,7 +502,7 @@ impl Proxy {
                     ms = started.elapsed().as_millis() as u64,
                     "blob fetched"
                 );
-                self.after_store();
+                self.after_store().await;
             }
             Err(e) => {
                 self.count_error(upstream, &e);
@@ -557,8 +577,8 @@ impl Proxy {
     }
 
     /// Evicts beyond the size limit and updates the size metrics.
-    fn after_store(&self) {
-        let (entries, bytes) = self.store.evict();
+    async fn after_store(&self) {
+        let (entries, bytes) = self.store.evict().await;
         if entries > 0 {
             self.metrics.evictions.inc_by(entries);
             self.metrics.evicted_bytes.inc_by(bytes);
