@@ -15,6 +15,112 @@ use common::registry::{
 use common::{free_port, http_get, make_certs, BIN};
 
 const ACCEPT: &str = detour::mirror::client::MANIFEST_ACCEPT;
+const S3_ACCESS: &str = "detour-test-access";
+const S3_SECRET: &str = "detour-test-secret-not-for-logs";
+const BUCKET: &str = "detour-cache";
+
+/// A real S3-compatible server: versitygw over a temporary directory (its
+/// posix backend: a bucket is a directory, an object a file), built by
+/// tests/s3/build.sh.
+struct S3Server {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl S3Server {
+    fn start() -> S3Server {
+        let binary = std::env::var("DETOUR_S3_SERVER")
+            .expect("DETOUR_S3_SERVER: run the tests with bash tests/run.sh (it builds versitygw)");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("data").join(BUCKET)).unwrap();
+        let port = free_port();
+        let child = Command::new(binary)
+            .args(["--access", S3_ACCESS, "--secret", S3_SECRET, "--quiet"])
+            .args(["--port", &format!("127.0.0.1:{port}")])
+            .args(["posix", dir.path().join("data").to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("s3.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "versitygw did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        S3Server { child, port, dir }
+    }
+
+    fn bucket_dir(&self) -> PathBuf {
+        self.dir.path().join("data").join(BUCKET)
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Where a test's proxies keep their cache.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Storage {
+    Local,
+    S3,
+}
+
+/// The cache of a test: a directory, or a bucket on a real S3 server.
+struct Cache {
+    s3: Option<S3Server>,
+}
+
+impl Cache {
+    fn new(storage: Storage) -> Cache {
+        Cache {
+            s3: (storage == Storage::S3).then(S3Server::start),
+        }
+    }
+
+    fn local() -> Cache {
+        Cache { s3: None }
+    }
+
+    /// The lines under `cache:` that name the backend.
+    fn yaml(&self) -> String {
+        match &self.s3 {
+            Some(s3) => format!(
+                "  s3:\n    endpoint: http://127.0.0.1:{}\n    bucket: {BUCKET}\n",
+                s3.port
+            ),
+            None => String::new(),
+        }
+    }
+
+    /// Where the cached objects are on disk (the S3 server's, for S3).
+    fn root(&self, proxy_dir: &Path) -> PathBuf {
+        match &self.s3 {
+            Some(s3) => s3.bucket_dir(),
+            None => proxy_dir.join("cache"),
+        }
+    }
+}
+
+/// Runs a test once with each storage backend.
+macro_rules! with_each_storage {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn local_directory() {
+                super::$name(super::Storage::Local).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn s3_bucket() {
+                super::$name(super::Storage::S3).await
+            }
+        }
+    };
+}
 
 /// A running `detour proxy` with its own cache, certificates and config.
 struct Proxy {
@@ -24,11 +130,13 @@ struct Proxy {
     dir: PathBuf,
     config: PathBuf,
     plain: bool,
+    /// Where the cached objects are (a directory, or the S3 server's bucket).
+    cache_root: PathBuf,
 }
 
 impl Proxy {
     /// `config`: the YAML after `upstreams:` and friends, written as is.
-    fn start(dir: &Path, config: &str, plain: bool) -> Proxy {
+    fn start(dir: &Path, config: &str, plain: bool, cache: &Cache) -> Proxy {
         let certs = dir.join("tls");
         if !plain && !certs.join("tls.crt").exists() {
             make_certs(&certs);
@@ -44,6 +152,7 @@ impl Proxy {
             dir: dir.to_path_buf(),
             config: path,
             plain,
+            cache_root: cache.root(dir),
         };
         proxy.spawn();
         proxy
@@ -62,6 +171,8 @@ impl Proxy {
             .args(["--cert-dir", self.dir.join("tls").to_str().unwrap()])
             .args(["--shutdown-delay", "0s", "--log-format", "json"])
             .env("DETOUR_LOG", "info")
+            .env("AWS_ACCESS_KEY_ID", S3_ACCESS)
+            .env("AWS_SECRET_ACCESS_KEY", S3_SECRET)
             .stdout(Stdio::null())
             .stderr(log);
         if self.plain {
@@ -129,7 +240,7 @@ impl Proxy {
 
     /// Cached blob files.
     fn cached_blobs(&self) -> Vec<String> {
-        let dir = self.dir.join("cache/blobs/sha256");
+        let dir = self.cache_root.join("blobs/sha256");
         let Ok(entries) = std::fs::read_dir(dir) else {
             return vec![];
         };
@@ -142,10 +253,10 @@ impl Proxy {
     fn cache_bytes(&self) -> u64 {
         let mut total = 0;
         for kind in ["blobs", "manifests"] {
-            for algorithm in std::fs::read_dir(self.dir.join("cache").join(kind))
-                .unwrap()
-                .flatten()
-            {
+            let Ok(algorithms) = std::fs::read_dir(self.cache_root.join(kind)) else {
+                continue;
+            };
+            for algorithm in algorithms.flatten() {
                 for file in std::fs::read_dir(algorithm.path()).unwrap().flatten() {
                     total += file.metadata().unwrap().len();
                 }
@@ -168,7 +279,7 @@ fn name(upstream: &Registry) -> String {
 }
 
 /// A proxy config for `upstreams` (plain-HTTP registries on loopback).
-fn config(dir: &Path, upstreams: &[&Registry], extra: &str) -> String {
+fn config(dir: &Path, upstreams: &[&Registry], cache: &Cache, extra: &str) -> String {
     let mut text = String::from("upstreams:\n");
     for u in upstreams {
         text.push_str(&format!(
@@ -187,6 +298,7 @@ fn config(dir: &Path, upstreams: &[&Registry], extra: &str) -> String {
         "cache:\n  directory: {}\n",
         dir.join("cache").display()
     ));
+    text.push_str(&cache.yaml());
     text.push_str(extra);
     text
 }
@@ -244,8 +356,12 @@ fn copy_through(proxy: &Proxy, reference: &str, out: &Path) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn skopeo_pulls_every_manifest_kind_through_the_proxy_with_upstream_digests() {
+with_each_storage!(skopeo_pulls_every_manifest_kind_through_the_proxy_with_upstream_digests);
+
+async fn skopeo_pulls_every_manifest_kind_through_the_proxy_with_upstream_digests(
+    storage: Storage,
+) {
+    let cache = Cache::new(storage);
     let dir = tempfile::tempdir().unwrap();
     let upstream = Registry::start(RegistryOptions {
         access_log: true,
@@ -272,7 +388,12 @@ async fn skopeo_pulls_every_manifest_kind_through_the_proxy_with_upstream_digest
             &[("linux/amd64", &d_amd), ("linux/arm64/v8", &d_arm)],
         )
         .await;
-    let proxy = Proxy::start(dir.path(), &config(dir.path(), &[&upstream], ""), false);
+    let proxy = Proxy::start(
+        dir.path(),
+        &config(dir.path(), &[&upstream], &cache, ""),
+        false,
+        &cache,
+    );
     let host = name(&upstream);
 
     for reference in ["team/app:v1", "team/multi:oci", "team/multi:list"] {
@@ -352,6 +473,18 @@ async fn skopeo_pulls_every_manifest_kind_through_the_proxy_with_upstream_digest
 
     // HEAD and Range, as containerd and resuming clients ask.
     let http = proxy.http();
+    let uncached = sha256(&d_arm.layers[0]);
+    let head = http
+        .head(proxy.url(&format!("/v2/{host}/team/multi/blobs/{uncached}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), 200);
+    assert_eq!(
+        head.headers()["content-length"],
+        "80000",
+        "the upstream's size"
+    );
     let blob_url = proxy.url(&format!("/v2/{host}/team/app/blobs/{layer}"));
     let head = http.head(&blob_url).send().await.unwrap();
     assert_eq!(head.status(), 200);
@@ -416,6 +549,7 @@ async fn skopeo_pulls_every_manifest_kind_through_the_proxy_with_upstream_digest
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_behind_token_auth_is_pulled_with_configured_credentials() {
+    let cache = Cache::local();
     let dir = tempfile::tempdir().unwrap();
     let tokens = common::token::TokenService::start(dir.path(), USER, PASSWORD).await;
     let upstream = Registry::start(RegistryOptions {
@@ -452,9 +586,9 @@ async fn upstream_behind_token_auth_is_pulled_with_configured_credentials() {
     );
 
     let extra = format!("  credentials:\n    - {}\n", creds.display());
-    let text =
-        config(dir.path(), &[&upstream], "").replace("registry:\n", &format!("registry:\n{extra}"));
-    let proxy = Proxy::start(dir.path(), &text, false);
+    let text = config(dir.path(), &[&upstream], &cache, "")
+        .replace("registry:\n", &format!("registry:\n{extra}"));
+    let proxy = Proxy::start(dir.path(), &text, false, &cache);
     let reference = format!("{}/lib/app:v1", name(&upstream));
     // Anonymous client; the proxy answers the upstream's challenge.
     assert_eq!(inspect_through(&proxy, &reference), image.digest());
@@ -463,7 +597,12 @@ async fn upstream_behind_token_auth_is_pulled_with_configured_credentials() {
     assert!(!proxy.logs().contains(PASSWORD));
     // Without credentials the upstream refuses, and the client is told.
     let dir2 = tempfile::tempdir().unwrap();
-    let anonymous = Proxy::start(dir2.path(), &config(dir2.path(), &[&upstream], ""), false);
+    let anonymous = Proxy::start(
+        dir2.path(),
+        &config(dir2.path(), &[&upstream], &cache, ""),
+        false,
+        &cache,
+    );
     let response = anonymous
         .http()
         .get(anonymous.url(&format!("/v2/{}/lib/app/manifests/v1", name(&upstream))))
@@ -475,16 +614,24 @@ async fn upstream_behind_token_auth_is_pulled_with_configured_credentials() {
     assert!(response.text().await.unwrap().contains("authentication"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cached_tag_is_served_stale_while_the_upstream_is_down() {
+with_each_storage!(a_cached_tag_is_served_stale_while_the_upstream_is_down);
+
+async fn a_cached_tag_is_served_stale_while_the_upstream_is_down(storage: Storage) {
+    let cache = Cache::new(storage);
     let dir = tempfile::tempdir().unwrap();
     let mut upstream = Registry::start(RegistryOptions::default());
     let image = Image::new(true, &[60_000], 8);
     upstream.push_image("app", "v1", &image).await;
     let proxy = Proxy::start(
         dir.path(),
-        &config(dir.path(), &[&upstream], "  tagTtl: 1s\n  serveStale: 1h\n"),
+        &config(
+            dir.path(),
+            &[&upstream],
+            &cache,
+            "  tagTtl: 1s\n  serveStale: 1h\n",
+        ),
         false,
+        &cache,
     );
     let reference = format!("{}/app:v1", name(&upstream));
     copy_through(&proxy, &reference, &dir.path().join("first"));
@@ -528,8 +675,10 @@ async fn a_cached_tag_is_served_stale_while_the_upstream_is_down() {
     assert!(response.headers().get("warning").is_none());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_corrupt_upstream_blob_fails_the_client_and_is_never_cached() {
+with_each_storage!(a_corrupt_upstream_blob_fails_the_client_and_is_never_cached);
+
+async fn a_corrupt_upstream_blob_fails_the_client_and_is_never_cached(storage: Storage) {
+    let cache = Cache::new(storage);
     let dir = tempfile::tempdir().unwrap();
     let upstream = Registry::start(RegistryOptions {
         access_log: true,
@@ -543,7 +692,12 @@ async fn a_corrupt_upstream_blob_fails_the_client_and_is_never_cached() {
     let mut bytes = std::fs::read(&file).unwrap();
     bytes[350_000] ^= 0xff;
     std::fs::write(&file, &bytes).unwrap();
-    let proxy = Proxy::start(dir.path(), &config(dir.path(), &[&upstream], ""), true);
+    let proxy = Proxy::start(
+        dir.path(),
+        &config(dir.path(), &[&upstream], &cache, ""),
+        true,
+        &cache,
+    );
     let url = proxy.url(&format!("/v2/{}/app/blobs/{layer}", name(&upstream)));
     for attempt in 0..2 {
         let outcome = match http_client().get(&url).send().await {
@@ -576,8 +730,10 @@ async fn a_corrupt_upstream_blob_fails_the_client_and_is_never_cached() {
     assert!(proxy.cached_blobs().iter().all(|d| *d != layer));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fifty_clients_of_one_uncached_blob_make_one_upstream_fetch() {
+with_each_storage!(fifty_clients_of_one_uncached_blob_make_one_upstream_fetch);
+
+async fn fifty_clients_of_one_uncached_blob_make_one_upstream_fetch(storage: Storage) {
+    let cache = Cache::new(storage);
     let dir = tempfile::tempdir().unwrap();
     let upstream = Registry::start(RegistryOptions {
         access_log: true,
@@ -591,9 +747,11 @@ async fn fifty_clients_of_one_uncached_blob_make_one_upstream_fetch() {
         &config(
             dir.path(),
             &[&upstream],
+            &cache,
             "clients:\n  maxRequestsPerClient: 100\n",
         ),
         true,
+        &cache,
     );
     let url = proxy.url(&format!("/v2/{}/big/blobs/{digest}", name(&upstream)));
     let client = http_client();
@@ -628,8 +786,10 @@ async fn fifty_clients_of_one_uncached_blob_make_one_upstream_fetch() {
     assert_eq!(proxy.cached_blobs(), [digest]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restarted_proxy_serves_its_warm_cache_without_upstream_blob_traffic() {
+with_each_storage!(a_restarted_proxy_serves_its_warm_cache_without_upstream_blob_traffic);
+
+async fn a_restarted_proxy_serves_its_warm_cache_without_upstream_blob_traffic(storage: Storage) {
+    let cache = Cache::new(storage);
     let dir = tempfile::tempdir().unwrap();
     let upstream = Registry::start(RegistryOptions {
         access_log: true,
@@ -637,7 +797,12 @@ async fn a_restarted_proxy_serves_its_warm_cache_without_upstream_blob_traffic()
     });
     let image = Image::new(true, &[300_000, 100_000], 10);
     upstream.push_image("app", "v1", &image).await;
-    let mut proxy = Proxy::start(dir.path(), &config(dir.path(), &[&upstream], ""), false);
+    let mut proxy = Proxy::start(
+        dir.path(),
+        &config(dir.path(), &[&upstream], &cache, ""),
+        false,
+        &cache,
+    );
     let reference = format!("{}/app:v1", name(&upstream));
     copy_through(&proxy, &reference, &dir.path().join("cold"));
     let blob_gets = upstream.requests(&["\"GET /v2/app/blobs/"]);
@@ -667,8 +832,10 @@ async fn a_restarted_proxy_serves_its_warm_cache_without_upstream_blob_traffic()
     assert_eq!(cache_bytes as u64, proxy.cache_bytes());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn eviction_keeps_the_cache_under_its_limit_least_recently_used_first() {
+with_each_storage!(eviction_keeps_the_cache_under_its_limit_least_recently_used_first);
+
+async fn eviction_keeps_the_cache_under_its_limit_least_recently_used_first(storage: Storage) {
+    let cache = Cache::new(storage);
     let dir = tempfile::tempdir().unwrap();
     let upstream = Registry::start(RegistryOptions::default());
     let blobs: Vec<Vec<u8>> = (0..4).map(|i| random_bytes(400_000, 100 + i)).collect();
@@ -678,8 +845,9 @@ async fn eviction_keeps_the_cache_under_its_limit_least_recently_used_first() {
     }
     let proxy = Proxy::start(
         dir.path(),
-        &config(dir.path(), &[&upstream], "  maxSize: 1MiB\n"),
+        &config(dir.path(), &[&upstream], &cache, "  maxSize: 1MiB\n"),
         true,
+        &cache,
     );
     let get = |digest: &str| {
         let url = proxy.url(&format!("/v2/{}/app/blobs/{digest}", name(&upstream)));
@@ -716,6 +884,7 @@ async fn eviction_keeps_the_cache_under_its_limit_least_recently_used_first() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_names_and_containerd_ns_route_to_their_upstreams() {
+    let cache = Cache::local();
     let dir = tempfile::tempdir().unwrap();
     let a = Registry::start(RegistryOptions::default());
     let b = Registry::start(RegistryOptions::default());
@@ -723,7 +892,7 @@ async fn host_names_and_containerd_ns_route_to_their_upstreams() {
     let image_b = Image::new(true, &[10_000], 12);
     a.push_image("library/app", "v1", &image_a).await;
     b.push_image("library/app", "v1", &image_b).await;
-    let mut text = config(dir.path(), &[&a, &b], "");
+    let mut text = config(dir.path(), &[&a, &b], &cache, "");
     text = text.replacen(
         &format!("  - host: \"{}\"\n", a.host()),
         &format!(
@@ -732,7 +901,7 @@ async fn host_names_and_containerd_ns_route_to_their_upstreams() {
         ),
         1,
     );
-    let proxy = Proxy::start(dir.path(), &text, true);
+    let proxy = Proxy::start(dir.path(), &text, true, &cache);
     let addr: std::net::SocketAddr = proxy.host().parse().unwrap();
     let _ = http_client();
     let http = reqwest::Client::builder()
@@ -779,6 +948,7 @@ async fn host_names_and_containerd_ns_route_to_their_upstreams() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refuses_unlisted_upstreams_guarded_addresses_path_escapes_and_pushes() {
+    let cache = Cache::local();
     let dir = tempfile::tempdir().unwrap();
     let upstream = Registry::start(RegistryOptions {
         access_log: true,
@@ -790,7 +960,12 @@ async fn refuses_unlisted_upstreams_guarded_addresses_path_escapes_and_pushes() 
     });
     let image = Image::new(true, &[10_000], 13);
     other.push_image("app", "v1", &image).await;
-    let proxy = Proxy::start(dir.path(), &config(dir.path(), &[&upstream], ""), true);
+    let proxy = Proxy::start(
+        dir.path(),
+        &config(dir.path(), &[&upstream], &cache, ""),
+        true,
+        &cache,
+    );
     let pushed = other.requests(&["/v2/app"]);
     let http = http_client();
     let status = |path: String| {
@@ -883,6 +1058,7 @@ async fn refuses_unlisted_upstreams_guarded_addresses_path_escapes_and_pushes() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn htpasswd_guards_pulls_and_the_client_limit_answers_429() {
+    let cache = Cache::local();
     let dir = tempfile::tempdir().unwrap();
     let upstream = Registry::start(RegistryOptions::default());
     let image = Image::new(true, &[2_000_000], 14);
@@ -896,7 +1072,12 @@ async fn htpasswd_guards_pulls_and_the_client_limit_answers_429() {
         "clients:\n  htpasswd: {}\n  maxRequestsPerClient: 1\n",
         dir.path().join("htpasswd").display()
     );
-    let proxy = Proxy::start(dir.path(), &config(dir.path(), &[&upstream], &extra), false);
+    let proxy = Proxy::start(
+        dir.path(),
+        &config(dir.path(), &[&upstream], &cache, &extra),
+        false,
+        &cache,
+    );
     let http = proxy.http();
     let url = proxy.url(&format!("/v2/{}/app/manifests/v1", name(&upstream)));
     let anonymous = http.get(&url).send().await.unwrap();
@@ -1014,4 +1195,52 @@ fn containerd_config_writes_hosts_toml_for_each_upstream() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no path"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_proxies_share_one_bucket() {
+    let cache = Cache::new(Storage::S3);
+    let upstream = Registry::start(RegistryOptions {
+        access_log: true,
+        ..Default::default()
+    });
+    let image = Image::new(false, &[400_000, 300_000], 15);
+    upstream.push_image("app", "v1", &image).await;
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Proxy::start(
+        dir_a.path(),
+        &config(dir_a.path(), &[&upstream], &cache, ""),
+        false,
+        &cache,
+    );
+    let b = Proxy::start(
+        dir_b.path(),
+        &config(dir_b.path(), &[&upstream], &cache, ""),
+        false,
+        &cache,
+    );
+    let reference = format!("{}/app:v1", name(&upstream));
+    copy_through(&a, &reference, &dir_a.path().join("out"));
+    let requests = upstream.requests(&["\"GET /v2/app/"]);
+    assert_eq!(upstream.requests(&["\"GET /v2/app/blobs/"]), 3);
+    // The other replica finds blobs, manifest and tag in the bucket.
+    copy_through(&b, &reference, &dir_b.path().join("out"));
+    assert_eq!(
+        upstream.requests(&["\"GET /v2/app/"]),
+        requests,
+        "nothing fetched twice"
+    );
+    assert_eq!(b.metric("detour_proxy_upstream_fetches_total", &[]), 0.0);
+    assert_eq!(
+        b.metric(
+            "detour_proxy_requests_total",
+            &[("kind", "blob"), ("result", "hit")]
+        ),
+        3.0
+    );
+    // The objects are in the bucket, not in either proxy's directory.
+    assert_eq!(a.cached_blobs().len(), 3);
+    assert!(!dir_a.path().join("cache/blobs").exists());
+    assert!(!dir_b.path().join("cache/blobs").exists());
+    assert!(!a.logs().contains(S3_SECRET) && !b.logs().contains(S3_SECRET));
 }

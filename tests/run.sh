@@ -9,6 +9,9 @@
 # - kube-apiserver, kubectl and etcd, built from the Go modules pinned in
 #   tests/kube/go.mod into $CARGO_TARGET_DIR/kube (reused until the pins
 #   change). The tests use this kubectl, put first on PATH.
+# - versitygw (an S3-compatible server over a directory), built from the Go
+#   module pinned in tests/s3/go.mod into $CARGO_TARGET_DIR/s3, for the
+#   shared-cache tests of `detour proxy`.
 # - Then `cargo test --locked`, with any arguments given to this script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,5 +41,9 @@ DETOUR_KUBE_BIN="$(bash tests/kube/build.sh)"
 export DETOUR_KUBE_BIN
 echo "control plane: $DETOUR_KUBE_BIN ($((SECONDS - started)) s)" >&2
 export PATH="$DETOUR_KUBE_BIN:$PATH"
+# The S3-compatible server of the shared-cache tests (versitygw), likewise
+# built from a pinned Go module.
+DETOUR_S3_SERVER="$(bash tests/s3/build.sh)"
+export DETOUR_S3_SERVER
 
 cargo test --locked "$@"

@@ -562,7 +562,10 @@ impl RegistryClient {
             .await?;
         match response.status() {
             StatusCode::NOT_FOUND => Ok(None),
-            s if s.is_success() => Ok(Some(response.content_length().unwrap_or(0))),
+            // The header: reqwest's content_length() is the body's, 0 for HEAD.
+            s if s.is_success() => header_length(response.headers())
+                .map(Some)
+                .ok_or_else(|| MirrorError::Invalid(format!("{op}: no Content-Length"))),
             _ => Err(MirrorError::status(&op, response).await),
         }
     }
@@ -683,6 +686,16 @@ impl RegistryClient {
             .send()
             .await;
     }
+}
+
+/// `Content-Length` as sent (for HEAD answers, whose body is empty).
+pub fn header_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(reqwest::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }
 
 fn sensitive(value: &str) -> Result<HeaderValue, MirrorError> {

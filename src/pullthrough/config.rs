@@ -258,10 +258,18 @@ impl ProxyConfig {
         if let Some(s3) = &self.cache.s3 {
             match reqwest::Url::parse(&s3.endpoint) {
                 Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {}
-                _ => return invalid(format!("cache.s3.endpoint {:?} is not an http(s) URL", s3.endpoint)),
+                _ => {
+                    return invalid(format!(
+                        "cache.s3.endpoint {:?} is not an http(s) URL",
+                        s3.endpoint
+                    ))
+                }
             }
             if s3.bucket.is_empty() || s3.bucket.contains('/') {
-                return invalid(format!("cache.s3.bucket {:?} is not a bucket name", s3.bucket));
+                return invalid(format!(
+                    "cache.s3.bucket {:?} is not a bucket name",
+                    s3.bucket
+                ));
             }
         }
         if self.cache.max_size.0 == 0 {

@@ -19,9 +19,9 @@ use axum_server::tls_rustls::RustlsConfig;
 
 use super::clients::{ClientLimit, Htpasswd};
 use super::config::{ProxyConfig, S3Cache};
-use super::s3::{S3Client, S3Settings};
 use super::http::{router, ProxyApp};
 use super::metrics::ProxyMetrics;
+use super::s3::{S3Client, S3Settings};
 use super::service::{Proxy, ProxySettings};
 use super::store::{Backend, Store};
 use crate::tls::TlsSource;
@@ -114,8 +114,8 @@ fn s3_backend(s3: &S3Cache, config: &ProxyConfig) -> Result<Backend, ProxyRunErr
     let mut roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
-    for cert in crate::mirror::load_ca_files(&config.registry.ca_files)
-        .map_err(|e| setup(e.to_string()))?
+    for cert in
+        crate::mirror::load_ca_files(&config.registry.ca_files).map_err(|e| setup(e.to_string()))?
     {
         roots.add(cert).map_err(|e| setup(e.to_string()))?;
     }
@@ -142,7 +142,7 @@ fn s3_backend(s3: &S3Cache, config: &ProxyConfig) -> Result<Backend, ProxyRunErr
         secret_key: env("AWS_SECRET_ACCESS_KEY")?,
     };
     Ok(Backend::S3 {
-        client: S3Client::new(settings, http),
+        client: Box::new(S3Client::new(settings, http)),
         prefix: s3.prefix.clone(),
     })
 }

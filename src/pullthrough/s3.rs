@@ -233,7 +233,9 @@ impl S3Client {
     ) -> Result<Option<reqwest::Response>, S3Error> {
         let op = format!("GET {key}");
         let range = range.map(|(start, end)| format!("bytes={start}-{}", end - 1));
-        let response = self.send(Method::GET, Some(key), &[], range, None, &op).await?;
+        let response = self
+            .send(Method::GET, Some(key), &[], range, None, &op)
+            .await?;
         match response.status() {
             StatusCode::NOT_FOUND => Ok(None),
             s if s.is_success() => Ok(Some(response)),
@@ -266,12 +268,20 @@ impl S3Client {
 
     pub async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, S3Error> {
         let op = format!("HEAD {key}");
-        let response = self.send(Method::HEAD, Some(key), &[], None, None, &op).await?;
+        let response = self
+            .send(Method::HEAD, Some(key), &[], None, None, &op)
+            .await?;
         match response.status() {
             StatusCode::NOT_FOUND => Ok(None),
             s if s.is_success() => Ok(Some(ObjectInfo {
                 key: key.to_string(),
-                size: response.content_length().unwrap_or(0),
+                // The header: reqwest's content_length() is the body's, 0 for HEAD.
+                size: crate::mirror::client::header_length(response.headers()).ok_or_else(
+                    || S3Error::Invalid {
+                        op: op.clone(),
+                        message: "no Content-Length".into(),
+                    },
+                )?,
                 modified: last_modified(response.headers()),
             })),
             _ => Err(Self::fail(&op, response).await),
@@ -293,7 +303,9 @@ impl S3Client {
 
     pub async fn delete(&self, key: &str) -> Result<(), S3Error> {
         let op = format!("DELETE {key}");
-        let response = self.send(Method::DELETE, Some(key), &[], None, None, &op).await?;
+        let response = self
+            .send(Method::DELETE, Some(key), &[], None, None, &op)
+            .await?;
         if !response.status().is_success() && response.status() != StatusCode::NOT_FOUND {
             return Err(Self::fail(&op, response).await);
         }
@@ -310,7 +322,9 @@ impl S3Client {
             if let Some(t) = &token {
                 query.push(("continuation-token", t.as_str()));
             }
-            let response = self.send(Method::GET, None, &query, None, None, &op).await?;
+            let response = self
+                .send(Method::GET, None, &query, None, None, &op)
+                .await?;
             if !response.status().is_success() {
                 return Err(Self::fail(&op, response).await);
             }
@@ -331,8 +345,11 @@ impl S3Client {
                         .unwrap_or(SystemTime::UNIX_EPOCH),
                 });
             }
-            let truncated = xml_values(&body, "IsTruncated").first().map(String::as_str) == Some("true");
-            token = xml_values(&body, "NextContinuationToken").into_iter().next();
+            let truncated =
+                xml_values(&body, "IsTruncated").first().map(String::as_str) == Some("true");
+            token = xml_values(&body, "NextContinuationToken")
+                .into_iter()
+                .next();
             if !truncated || token.is_none() {
                 return Ok(out);
             }
@@ -480,7 +497,10 @@ mod tests {
     fn signs_like_the_documented_example() {
         let s3 = client(true);
         let (url, host, uri) = s3.locate(Some("test.txt")).unwrap();
-        assert_eq!(url.as_str(), "https://examplebucket.s3.amazonaws.com/test.txt");
+        assert_eq!(
+            url.as_str(),
+            "https://examplebucket.s3.amazonaws.com/test.txt"
+        );
         let when = parse_iso8601("2013-05-24T00:00:00Z").unwrap();
         assert_eq!(amz_date(when), "20130524T000000Z");
         let empty = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
@@ -510,7 +530,10 @@ mod tests {
     fn dates() {
         let t = parse_iso8601("2026-12-03T04:40:05.123Z").unwrap();
         assert_eq!(amz_date(t), "20261203T044005Z");
-        assert_eq!(parse_http_date("Thu, 03 Dec 2026 04:40:05 GMT"), Some(t - Duration::from_millis(0)));
+        assert_eq!(
+            parse_http_date("Thu, 03 Dec 2026 04:40:05 GMT"),
+            Some(t - Duration::from_millis(0))
+        );
         assert_eq!(parse_http_date("Thu, 3 Dec 2026 04:40:05 GMT"), Some(t));
         assert_eq!(parse_http_date("yesterday"), None);
         assert_eq!(civil_from_days(days_from_civil(2000, 2, 29)), (2000, 2, 29));
@@ -521,7 +544,10 @@ mod tests {
         let xml = "<ListBucketResult><IsTruncated>false</IsTruncated><Contents><Key>blobs/sha256/ab&amp;c</Key><LastModified>2026-12-03T04:40:05.000Z</LastModified><Size>12</Size></Contents><Contents><Key>x</Key><Size>1</Size></Contents></ListBucketResult>";
         let contents = xml_values(xml, "Contents");
         assert_eq!(contents.len(), 2);
-        assert_eq!(unescape_xml(&xml_values(&contents[0], "Key")[0]), "blobs/sha256/ab&c");
+        assert_eq!(
+            unescape_xml(&xml_values(&contents[0], "Key")[0]),
+            "blobs/sha256/ab&c"
+        );
         assert_eq!(xml_values(xml, "IsTruncated"), ["false"]);
     }
 }

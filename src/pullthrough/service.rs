@@ -167,7 +167,10 @@ impl Proxy {
         repository: &str,
         reference: &Reference,
     ) -> Result<ManifestAnswer, ProxyError> {
-        if let Some(answer) = self.cached_manifest(upstream, repository, reference, false).await {
+        if let Some(answer) = self
+            .cached_manifest(upstream, repository, reference, false)
+            .await
+        {
             self.count(upstream, "manifest", "hit");
             return Ok(answer);
         }
@@ -185,7 +188,10 @@ impl Proxy {
         };
         let answer = {
             let _one_at_a_time = lookup.lock().await;
-            match self.cached_manifest(upstream, repository, reference, false).await {
+            match self
+                .cached_manifest(upstream, repository, reference, false)
+                .await
+            {
                 Some(answer) => {
                     self.count(upstream, "manifest", "hit");
                     Ok(answer)
@@ -268,8 +274,9 @@ impl Proxy {
                         self.count_error(upstream, &e);
                         let error = ProxyError::from(e);
                         if matches!(error, ProxyError::Unavailable(_)) {
-                            if let Some(answer) =
-                                self.cached_manifest(upstream, repository, reference, true).await
+                            if let Some(answer) = self
+                                .cached_manifest(upstream, repository, reference, true)
+                                .await
                             {
                                 self.count(upstream, "manifest", "stale");
                                 self.metrics
@@ -312,10 +319,10 @@ impl Proxy {
                     ms = started.elapsed().as_millis() as u64,
                     "manifest fetched"
                 );
-                if let Err(e) =
-                    self.store
-                        .put_manifest(&digest, &fetched.media_type, &fetched.bytes)
-                        .await
+                if let Err(e) = self
+                    .store
+                    .put_manifest(&digest, &fetched.media_type, &fetched.bytes)
+                    .await
                 {
                     tracing::error!(error = %e, digest, "cannot store a manifest; serving it uncached");
                 }

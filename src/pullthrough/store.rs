@@ -101,7 +101,10 @@ pub enum Backend {
     /// Under the cache directory.
     Local,
     /// In a bucket, under a key prefix.
-    S3 { client: S3Client, prefix: String },
+    S3 {
+        client: Box<S3Client>,
+        prefix: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -178,7 +181,9 @@ impl Store {
             match index.entries.remove(&(kind, digest.clone())) {
                 Some(known) => {
                     fresh.total += size;
-                    fresh.entries.insert((kind, digest), Entry { size, ..known });
+                    fresh
+                        .entries
+                        .insert((kind, digest), Entry { size, ..known });
                 }
                 None => fresh.insert(kind, digest, size, modified),
             }
@@ -246,7 +251,9 @@ impl Store {
         let info = client
             .head(&Self::s3_key(prefix, &key(Kind::Blob, digest)))
             .await
-            .inspect_err(|e| tracing::warn!(error = %e, "cannot look up a blob in the shared cache"))
+            .inspect_err(
+                |e| tracing::warn!(error = %e, "cannot look up a blob in the shared cache"),
+            )
             .ok()??;
         self.lock()
             .insert(Kind::Blob, digest.to_string(), info.size, SystemTime::now());
@@ -309,7 +316,10 @@ impl Store {
                 }
             },
             Backend::S3 { client, prefix } => {
-                match client.get_small(&Self::s3_key(prefix, &key), SMALL_LIMIT).await {
+                match client
+                    .get_small(&Self::s3_key(prefix, &key), SMALL_LIMIT)
+                    .await
+                {
                     Ok(Some((raw, _))) => {
                         if !known {
                             self.lock().insert(
@@ -372,23 +382,29 @@ impl Store {
     /// First step of storing a verified blob: with S3, the upload (the fill
     /// stays registered meanwhile, so its clients keep reading the local
     /// file). Nothing to do locally.
-    pub async fn upload_blob(&self, temp: &Path, digest: &str, size: u64) -> Result<(), StoreError> {
+    pub async fn upload_blob(
+        &self,
+        temp: &Path,
+        digest: &str,
+        size: u64,
+    ) -> Result<(), StoreError> {
         let Backend::S3 { client, prefix } = &self.backend else {
             return Ok(());
         };
         let file = tokio::fs::File::open(temp).await?;
-        let body = reqwest::Body::wrap_stream(futures_util::stream::unfold(file, |mut file| async move {
-            use tokio::io::AsyncReadExt;
-            let mut buffer = vec![0; 256 * 1024];
-            match file.read(&mut buffer).await {
-                Ok(0) => None,
-                Ok(n) => {
-                    buffer.truncate(n);
-                    Some((Ok::<_, std::io::Error>(Bytes::from(buffer)), file))
+        let body =
+            reqwest::Body::wrap_stream(futures_util::stream::unfold(file, |mut file| async move {
+                use tokio::io::AsyncReadExt;
+                let mut buffer = vec![0; 256 * 1024];
+                match file.read(&mut buffer).await {
+                    Ok(0) => None,
+                    Ok(n) => {
+                        buffer.truncate(n);
+                        Some((Ok::<_, std::io::Error>(Bytes::from(buffer)), file))
+                    }
+                    Err(e) => Some((Err(e), file)),
                 }
-                Err(e) => Some((Err(e), file)),
-            }
-        }));
+            }));
         client
             .put(&Self::s3_key(prefix, &key(Kind::Blob, digest)), body, size)
             .await?;
@@ -434,7 +450,11 @@ impl Store {
             Backend::S3 { client, prefix } => {
                 let length = bytes.len() as u64;
                 Ok(client
-                    .put(&Self::s3_key(prefix, key), reqwest::Body::from(bytes), length)
+                    .put(
+                        &Self::s3_key(prefix, key),
+                        reqwest::Body::from(bytes),
+                        length,
+                    )
                     .await?)
             }
         }
@@ -452,14 +472,20 @@ impl Store {
         raw.push(b'\n');
         raw.extend_from_slice(bytes);
         let size = raw.len() as u64;
-        self.put_small(&key(Kind::Manifest, digest), raw.into()).await?;
+        self.put_small(&key(Kind::Manifest, digest), raw.into())
+            .await?;
         self.lock()
             .insert(Kind::Manifest, digest.to_string(), size, SystemTime::now());
         Ok(())
     }
 
     /// A tag's cached digest and how long ago the upstream confirmed it.
-    pub async fn tag(&self, upstream: &str, repository: &str, tag: &str) -> Option<(String, Duration)> {
+    pub async fn tag(
+        &self,
+        upstream: &str,
+        repository: &str,
+        tag: &str,
+    ) -> Option<(String, Duration)> {
         let key = tag_key(upstream, repository, tag);
         let (raw, modified) = match &self.backend {
             Backend::Local => {
@@ -471,14 +497,18 @@ impl Store {
             Backend::S3 { client, prefix } => client
                 .get_small(&Self::s3_key(prefix, &key), SMALL_LIMIT)
                 .await
-                .inspect_err(|e| tracing::warn!(error = %e, "cannot read a tag from the shared cache"))
+                .inspect_err(
+                    |e| tracing::warn!(error = %e, "cannot read a tag from the shared cache"),
+                )
                 .ok()??,
         };
         let digest = std::str::from_utf8(&raw).ok()?.trim();
         if !super::route::is_digest(digest) {
             return None;
         }
-        let age = SystemTime::now().duration_since(modified).unwrap_or_default();
+        let age = SystemTime::now()
+            .duration_since(modified)
+            .unwrap_or_default();
         Some((digest.to_string(), age))
     }
 
@@ -491,7 +521,8 @@ impl Store {
         digest: &str,
     ) -> Result<(), StoreError> {
         let key = tag_key(upstream, repository, tag);
-        self.put_small(&key, Bytes::copy_from_slice(digest.as_bytes())).await
+        self.put_small(&key, Bytes::copy_from_slice(digest.as_bytes()))
+            .await
     }
 
     /// Forgets a tag the upstream no longer has.
