@@ -280,3 +280,49 @@ fn self_managed_overlay_uses_the_api_with_named_permissions_only() {
         }
     }
 }
+
+#[test]
+fn proxy_manifests_run_the_proxy_locked_down_with_a_valid_config() {
+    let dir = Path::new(MANIFESTS).join("proxy");
+    let docs = render(&dir);
+    let deploy = find(&docs, "Deployment", "detour-proxy");
+    assert_eq!(deploy["metadata"]["namespace"], "detour-mirror");
+    let pod = &deploy["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(pod["automountServiceAccountToken"], false);
+    let container = &pod["containers"][0];
+    assert_eq!(container["args"][0], "proxy");
+    let security = &container["securityContext"];
+    assert_eq!(security["readOnlyRootFilesystem"], true);
+    assert_eq!(security["allowPrivilegeEscalation"], false);
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    // No Kubernetes API access at all.
+    assert!(docs
+        .iter()
+        .all(|d| !["Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding"]
+            .contains(&d["kind"].as_str().unwrap_or_default())));
+    // The shipped config is one the proxy accepts, and its cache directory
+    // is the mounted volume.
+    let config_map = find(&docs, "ConfigMap", "detour-proxy-config");
+    let text = config_map["data"]["proxy.yaml"].as_str().unwrap();
+    let config = detour::pullthrough::ProxyConfig::parse(text).expect("valid proxy config");
+    let mounts = container["volumeMounts"].as_array().unwrap();
+    let cache = mounts.iter().find(|m| m["name"] == "cache").unwrap();
+    assert_eq!(
+        cache["mountPath"].as_str().unwrap(),
+        config.cache.directory.to_str().unwrap()
+    );
+    let config_path = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|a| a.as_str()?.strip_prefix("--config="))
+        .unwrap();
+    let config_mount = mounts.iter().find(|m| m["name"] == "config").unwrap();
+    assert_eq!(
+        Path::new(config_path).parent().unwrap(),
+        Path::new(config_mount["mountPath"].as_str().unwrap())
+    );
+    let namespace = find(&docs, "Namespace", "detour-mirror");
+    assert_eq!(namespace["metadata"]["labels"]["detour.dev/mode"], "off");
+}

@@ -22,7 +22,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::watch;
 
 use crate::mirror::digest::Hasher;
@@ -31,7 +30,7 @@ use crate::mirror::digest::Hasher;
 /// chunk: fifty followers need not wake for every 16 KiB.
 const PUBLISH_EVERY: u64 = 256 * 1024;
 /// What a follower reads at once.
-const READ_CHUNK: usize = 128 * 1024;
+const READ_CHUNK: u64 = 512 * 1024;
 
 /// How far a fill is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,9 +130,10 @@ impl Fills {
     }
 }
 
-/// What the writer thread reports: bytes written (and synced to disk), and
-/// their digest.
-pub type Written = tokio::task::JoinHandle<(std::io::Result<u64>, String)>;
+/// What the writer thread reports: bytes written, their digest, and the
+/// file (synced to disk by the caller after the digest check: clients need
+/// not wait for the disk).
+pub type Written = tokio::task::JoinHandle<(std::io::Result<u64>, String, std::fs::File)>;
 
 /// Writes chunks to the fill's file on a blocking thread, hashing them and
 /// publishing progress. Dropping the sender ends the file.
@@ -161,11 +161,8 @@ pub fn spawn_writer(
                 progress.send_replace(Progress::Running { written, total });
             }
         }
-        // On disk before it is renamed into the cache: a crash must not
-        // leave a cached name with missing bytes.
-        let result = result.and_then(|_| file.sync_data());
         progress.send_replace(Progress::Running { written, total });
-        (result.map(|_| written), hasher.finish())
+        (result.map(|_| written), hasher.finish(), file)
     });
     Ok((sender, handle))
 }
@@ -173,7 +170,8 @@ pub fn spawn_writer(
 /// One client's view of a blob being filled (or already cached): the bytes
 /// of `start..end` as they become available and verified.
 pub struct Follower {
-    file: tokio::fs::File,
+    /// Taken by the blocking read in flight.
+    file: Option<std::fs::File>,
     progress: watch::Receiver<Progress>,
     position: u64,
     end: Option<u64>,
@@ -187,12 +185,12 @@ impl Follower {
         start: u64,
         end: Option<u64>,
     ) -> std::io::Result<Follower> {
-        let mut file = tokio::fs::File::from_std(file);
+        let mut file = file;
         if start > 0 {
-            file.seek(std::io::SeekFrom::Start(start)).await?;
+            std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(start))?;
         }
         Ok(Follower {
-            file,
+            file: Some(file),
             progress,
             position: start,
             end,
@@ -219,23 +217,38 @@ impl Follower {
             };
             let limit = self.end.map_or(readable, |end| end.min(readable));
             if self.position < limit {
-                let want = (limit - self.position).min(READ_CHUNK as u64) as usize;
-                let mut buffer = vec![0; want];
-                let mut filled = 0;
-                while filled < want {
-                    match self.file.read(&mut buffer[filled..]).await {
-                        Ok(0) => break,
-                        Ok(n) => filled += n,
-                        Err(e) => return Some(Err(e)),
-                    }
+                let want = (limit - self.position).min(READ_CHUNK as u64);
+                let Some(mut file) = self.file.take() else {
+                    return Some(Err(std::io::Error::other("blob file lost")));
+                };
+                // One copy, from the page cache into the chunk sent on, and
+                // no zeroing of the buffer first.
+                // Allocated here, on a runtime thread, where hyper frees it
+                // once sent: the allocator reuses it instead of caching it
+                // per blocking thread.
+                let mut buffer = Vec::with_capacity(want as usize);
+                let read = tokio::task::spawn_blocking(move || {
+                    let read = std::io::Read::read_to_end(
+                        &mut std::io::Read::take(&mut file, want),
+                        &mut buffer,
+                    );
+                    (file, buffer, read)
+                })
+                .await;
+                let (file, buffer, read) = match read {
+                    Ok(done) => done,
+                    Err(e) => return Some(Err(std::io::Error::other(e))),
+                };
+                self.file = Some(file);
+                if let Err(e) = read {
+                    return Some(Err(e));
                 }
-                if filled == 0 {
+                if buffer.is_empty() {
                     return Some(Err(std::io::Error::other(
                         "cached blob is shorter than recorded",
                     )));
                 }
-                buffer.truncate(filled);
-                self.position += filled as u64;
+                self.position += buffer.len() as u64;
                 return Some(Ok(Bytes::from(buffer)));
             }
             if self.progress.changed().await.is_err() {

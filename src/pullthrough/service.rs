@@ -481,7 +481,19 @@ impl Proxy {
             .fetch_blob(&host, &repo, &digest, file, progress.clone())
             .await;
         match result {
-            Ok(size) => {
+            Ok((size, file)) => {
+                // Verified: clients get their last bytes now.
+                progress.send_replace(Progress::Done { size });
+                // On disk before it is renamed or uploaded into the cache: a
+                // crash must not leave a cached name with missing bytes.
+                let synced = tokio::task::spawn_blocking(move || file.sync_data()).await;
+                if let Ok(Err(e)) | Err(e) = synced.map_err(std::io::Error::other) {
+                    tracing::error!(error = %e, digest, "cannot sync a fetched blob; not caching it");
+                    self.fills.finish(&digest, || {
+                        let _ = std::fs::remove_file(&path);
+                    });
+                    return;
+                }
                 // Uploaded (shared cache) while the fill is still followed,
                 // then moved into place (local) as it stops being followed.
                 let stored = match self.store.upload_blob(&path, &digest, size).await {
@@ -499,8 +511,6 @@ impl Proxy {
                 if let Err(e) = &stored {
                     tracing::error!(error = %e, digest, "cannot store a verified blob; it was served uncached");
                 }
-                // Followers read their open file, stored or not.
-                progress.send_replace(Progress::Done { size });
                 tracing::info!(
                     upstream = host,
                     repository = repo.path,
@@ -539,7 +549,7 @@ impl Proxy {
         digest: &str,
         file: std::fs::File,
         progress: Arc<tokio::sync::watch::Sender<Progress>>,
-    ) -> Result<u64, MirrorError> {
+    ) -> Result<(u64, std::fs::File), MirrorError> {
         let mut response = self.client.get_blob(repo, digest).await?;
         let total = response.content_length();
         let (chunks, writer) = fill::spawn_writer(file, digest, total, progress)?;
@@ -562,7 +572,7 @@ impl Proxy {
             }
         };
         drop(chunks);
-        let (written, actual) = writer
+        let (written, actual, file) = writer
             .await
             .map_err(|e| MirrorError::Invalid(format!("{op}: writer: {e}")))?;
         streamed?;
@@ -580,7 +590,7 @@ impl Proxy {
                 actual,
             });
         }
-        Ok(written)
+        Ok((written, file))
     }
 
     /// Evicts beyond the size limit and updates the size metrics.
