@@ -49,6 +49,12 @@ YAML
 }
 peak_rss_mb() { awk '/VmHWM/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
 
+# Copies go to memory when /dev/shm is there: the client's disk writes are
+# not what is measured (they made the direct times vary by half).
+OUT_ROOT="$WORK"
+if [[ -d /dev/shm && -w /dev/shm ]]; then OUT_ROOT="$(mktemp -d /dev/shm/detour-bench.XXXXXX)"; fi
+trap 'cleanup; rm -rf "$OUT_ROOT"' EXIT
+
 copy() { # SOURCE-REF OUT -> seconds
   rm -rf "$2"
   HOME="$WORK/skopeo-home" /usr/bin/time -f '%e' -o "$WORK/time" \
@@ -68,19 +74,30 @@ printf '%-6s %9s %9s %9s %11s %10s %13s\n' round direct cold warm cold/direct wa
 for round in $(seq "$ROUNDS"); do
   P="$(start_proxy "proxy-$round")"
   PROXY_PID="$(cat "$WORK/proxy-$round.pid")"; PIDS+=("$PROXY_PID")
-  direct="$(copy "$SRC/bench/big:v1" "$WORK/out")"
+  # Direct before and after, averaged: the machine's speed drifts.
+  direct_before="$(copy "$SRC/bench/big:v1" "$OUT_ROOT/out")"
   before="$(upstream_blob_gets)"
-  cold="$(copy "$P/up/bench/big:v1" "$WORK/out")"
+  cold="$(copy "$P/up/bench/big:v1" "$OUT_ROOT/out")"
   fetched=$(( $(upstream_blob_gets) - before ))
-  warm="$(copy "$P/up/bench/big:v1" "$WORK/out")"
-  [[ "$(sha256sum <"$WORK/out/manifest.json" | cut -d' ' -f1)" == "$SOURCE_DIGEST" ]] \
+  warm="$(copy "$P/up/bench/big:v1" "$OUT_ROOT/out")"
+  [[ "$(sha256sum <"$OUT_ROOT/out/manifest.json" | cut -d' ' -f1)" == "$SOURCE_DIGEST" ]] \
     || { echo "digest through the proxy differs"; exit 1; }
+  direct_after="$(copy "$SRC/bench/big:v1" "$OUT_ROOT/out")"
+  direct="$(echo "($direct_before + $direct_after) / 2" | bc -l | xargs printf '%.2f')"
+  echo "$(echo "$cold/$direct" | bc -l) $(echo "$warm/$direct" | bc -l)" >>"$WORK/ratios"
   after_warm=$(( $(upstream_blob_gets) - before - fetched ))
   printf '%-6s %9s %9s %9s %11.2f %10.2f %13s\n' "$round" "$direct" "$cold" "$warm" \
     "$(echo "$cold/$direct" | bc -l)" "$(echo "$warm/$direct" | bc -l)" "$(peak_rss_mb "$PROXY_PID")"
-  echo "round $round: upstream blob GETs: cold $fetched (5 blobs), warm $after_warm"
+  echo "round $round: direct ${direct_before}s before, ${direct_after}s after; upstream blob GETs: cold $fetched (5 blobs), warm $after_warm"
   kill "$PROXY_PID"; wait "$PROXY_PID" 2>/dev/null || true
 done
+
+python3 - "$WORK/ratios" <<'PY'
+import statistics, sys
+rows = [tuple(map(float, line.split())) for line in open(sys.argv[1])]
+print("median over %d rounds: cold/direct %.2f, warm/direct %.2f"
+      % (len(rows), statistics.median(r[0] for r in rows), statistics.median(r[1] for r in rows)))
+PY
 
 # 50 clients, one uncached 448 MiB layer, a fresh proxy.
 P="$(start_proxy proxy-fanout)"

@@ -297,10 +297,10 @@ fn proxy_manifests_run_the_proxy_locked_down_with_a_valid_config() {
     assert_eq!(security["allowPrivilegeEscalation"], false);
     assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
     // No Kubernetes API access at all.
-    assert!(docs
-        .iter()
-        .all(|d| !["Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding"]
-            .contains(&d["kind"].as_str().unwrap_or_default())));
+    assert!(docs.iter().all(
+        |d| !["Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding"]
+            .contains(&d["kind"].as_str().unwrap_or_default())
+    ));
     // The shipped config is one the proxy accepts, and its cache directory
     // is the mounted volume.
     let config_map = find(&docs, "ConfigMap", "detour-proxy-config");

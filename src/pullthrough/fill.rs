@@ -22,15 +22,17 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use tokio::sync::broadcast::{self, error::TryRecvError};
 use tokio::sync::watch;
-
-use crate::mirror::digest::Hasher;
 
 /// Published after this many new bytes (and at the end), not after every
 /// chunk: fifty followers need not wake for every 16 KiB.
 const PUBLISH_EVERY: u64 = 256 * 1024;
 /// What a follower reads at once.
 const READ_CHUNK: u64 = 512 * 1024;
+/// Chunks a fill keeps in memory for its followers (a follower further
+/// behind reads the file).
+const CHUNKS_IN_MEMORY: usize = 32;
 
 /// How far a fill is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,11 +60,18 @@ pub struct FillFailure {
 pub struct Fill {
     path: PathBuf,
     progress: watch::Receiver<Progress>,
+    /// The chunks just written, for followers that keep up: they take them
+    /// from memory instead of reading the file back.
+    chunks: broadcast::Sender<(u64, Bytes)>,
 }
 
 impl Fill {
     pub fn progress(&self) -> watch::Receiver<Progress> {
         self.progress.clone()
+    }
+
+    pub fn chunks(&self) -> broadcast::Receiver<(u64, Bytes)> {
+        self.chunks.subscribe()
     }
 }
 
@@ -78,6 +87,7 @@ pub struct FillTask {
     pub path: PathBuf,
     pub file: std::fs::File,
     pub progress: Arc<watch::Sender<Progress>>,
+    pub chunks: broadcast::Sender<(u64, Bytes)>,
 }
 
 impl Fills {
@@ -106,9 +116,11 @@ impl Fills {
         let (path, file) = new_file()?;
         let reader = std::fs::File::open(&path)?;
         let (sender, receiver) = watch::channel(Progress::Starting);
+        let (chunks, _) = broadcast::channel(CHUNKS_IN_MEMORY);
         let fill = Arc::new(Fill {
             path: path.clone(),
             progress: receiver,
+            chunks: chunks.clone(),
         });
         running.insert(digest.to_string(), fill.clone());
         drop(running);
@@ -117,6 +129,7 @@ impl Fills {
             path,
             file,
             progress: Arc::new(sender),
+            chunks,
         });
         Ok(Some((fill, reader)))
     }
@@ -130,20 +143,20 @@ impl Fills {
     }
 }
 
-/// What the writer thread reports: bytes written, their digest, and the
-/// file (synced to disk by the caller after the digest check: clients need
-/// not wait for the disk).
-pub type Written = tokio::task::JoinHandle<(std::io::Result<u64>, String, std::fs::File)>;
+/// What the writer thread reports: bytes written, and the file (synced to
+/// disk by the caller after the digest check: clients need not wait for
+/// the disk).
+pub type Written = tokio::task::JoinHandle<(std::io::Result<u64>, std::fs::File)>;
 
-/// Writes chunks to the fill's file on a blocking thread, hashing them and
-/// publishing progress. Dropping the sender ends the file.
+/// Writes chunks to the fill's file on a blocking thread and publishes
+/// progress. Dropping the sender ends the file. The caller hashes the
+/// chunks meanwhile (on its own thread: the two run side by side).
 pub fn spawn_writer(
     mut file: std::fs::File,
-    expected_digest: &str,
     total: Option<u64>,
     progress: Arc<watch::Sender<Progress>>,
-) -> Result<(tokio::sync::mpsc::Sender<Bytes>, Written), crate::mirror::MirrorError> {
-    let mut hasher = Hasher::for_digest(expected_digest)?;
+    chunks_out: broadcast::Sender<(u64, Bytes)>,
+) -> (tokio::sync::mpsc::Sender<Bytes>, Written) {
     let (sender, mut chunks) = tokio::sync::mpsc::channel::<Bytes>(8);
     let handle = tokio::task::spawn_blocking(move || {
         let mut written = 0u64;
@@ -154,17 +167,20 @@ pub fn spawn_writer(
                 result = Err(e);
                 break;
             }
-            hasher.update(&chunk);
+            let offset = written;
             written += chunk.len() as u64;
+            // After the write: a chunk in memory is on disk too. No
+            // follower listening is not an error.
+            let _ = chunks_out.send((offset, chunk));
             if written - published >= PUBLISH_EVERY {
                 published = written;
                 progress.send_replace(Progress::Running { written, total });
             }
         }
         progress.send_replace(Progress::Running { written, total });
-        (result.map(|_| written), hasher.finish(), file)
+        (result.map(|_| written), file)
     });
-    Ok((sender, handle))
+    (sender, handle)
 }
 
 /// One client's view of a blob being filled (or already cached): the bytes
@@ -172,6 +188,10 @@ pub fn spawn_writer(
 pub struct Follower {
     /// Taken by the blocking read in flight.
     file: Option<std::fs::File>,
+    /// Chunks of a running fill, as written (none for a cached blob).
+    chunks: Option<broadcast::Receiver<(u64, Bytes)>>,
+    /// A chunk received while waiting, not yet looked at.
+    pending: Option<(u64, Bytes)>,
     progress: watch::Receiver<Progress>,
     position: u64,
     end: Option<u64>,
@@ -182,6 +202,7 @@ impl Follower {
     pub async fn new(
         file: std::fs::File,
         progress: watch::Receiver<Progress>,
+        chunks: Option<broadcast::Receiver<(u64, Bytes)>>,
         start: u64,
         end: Option<u64>,
     ) -> std::io::Result<Follower> {
@@ -191,15 +212,66 @@ impl Follower {
         }
         Ok(Follower {
             file: Some(file),
+            chunks,
+            pending: None,
             progress,
             position: start,
             end,
         })
     }
 
+    /// The bytes at the follower's position from the chunks in memory, if
+    /// they are there. The blob's last byte waits for the digest check.
+    fn take_from_memory(&mut self, done: bool, total: Option<u64>) -> Option<Bytes> {
+        loop {
+            let (offset, bytes) = match self.pending.take() {
+                Some(chunk) => chunk,
+                None => match self.chunks.as_mut()?.try_recv() {
+                    Ok(chunk) => chunk,
+                    Err(TryRecvError::Lagged(_)) => continue,
+                    Err(TryRecvError::Empty) => return None,
+                    Err(TryRecvError::Closed) => {
+                        // The writer is done: the rest is in the file.
+                        self.chunks = None;
+                        return None;
+                    }
+                },
+            };
+            let chunk_end = offset + bytes.len() as u64;
+            if chunk_end <= self.position {
+                continue;
+            }
+            if offset > self.position {
+                // Behind the chunks in memory: the file has these bytes.
+                return None;
+            }
+            let mut end = chunk_end;
+            if !done && total.is_none_or(|t| chunk_end >= t) {
+                end -= 1;
+            }
+            if let Some(limit) = self.end {
+                end = end.min(limit);
+            }
+            if end <= self.position {
+                return None;
+            }
+            let slice = bytes.slice((self.position - offset) as usize..(end - offset) as usize);
+            self.position = end;
+            return Some(slice);
+        }
+    }
+
     /// The next chunk, `None` at the end, an error when the fill failed.
     pub async fn next_chunk(&mut self) -> Option<std::io::Result<Bytes>> {
         loop {
+            let (done, total) = match &*self.progress.borrow_and_update() {
+                Progress::Running { total, .. } => (false, *total),
+                Progress::Done { size } => (true, Some(*size)),
+                _ => (false, None),
+            };
+            if let Some(bytes) = self.take_from_memory(done, total) {
+                return Some(Ok(bytes));
+            }
             let readable = match &*self.progress.borrow_and_update() {
                 Progress::Starting => 0,
                 // The last byte waits for the digest check.
@@ -217,7 +289,7 @@ impl Follower {
             };
             let limit = self.end.map_or(readable, |end| end.min(readable));
             if self.position < limit {
-                let want = (limit - self.position).min(READ_CHUNK as u64);
+                let want = (limit - self.position).min(READ_CHUNK);
                 let Some(mut file) = self.file.take() else {
                     return Some(Err(std::io::Error::other("blob file lost")));
                 };
@@ -227,11 +299,17 @@ impl Follower {
                 // once sent: the allocator reuses it instead of caching it
                 // per blocking thread.
                 let mut buffer = Vec::with_capacity(want as usize);
+                let position = self.position;
                 let read = tokio::task::spawn_blocking(move || {
-                    let read = std::io::Read::read_to_end(
-                        &mut std::io::Read::take(&mut file, want),
-                        &mut buffer,
-                    );
+                    // At the follower's position: chunks taken from memory
+                    // moved it past the file's offset.
+                    let read = std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(position))
+                        .and_then(|_| {
+                            std::io::Read::read_to_end(
+                                &mut std::io::Read::take(&mut file, want),
+                                &mut buffer,
+                            )
+                        });
                     (file, buffer, read)
                 })
                 .await;
@@ -251,7 +329,21 @@ impl Follower {
                 self.position += buffer.len() as u64;
                 return Some(Ok(Bytes::from(buffer)));
             }
-            if self.progress.changed().await.is_err() {
+            let changed = match self.chunks.as_mut() {
+                Some(chunks) => tokio::select! {
+                    changed = self.progress.changed() => changed.is_ok(),
+                    chunk = chunks.recv() => {
+                        match chunk {
+                            Ok(chunk) => self.pending = Some(chunk),
+                            Err(broadcast::error::RecvError::Closed) => self.chunks = None,
+                            Err(broadcast::error::RecvError::Lagged(_)) => {}
+                        }
+                        true
+                    }
+                },
+                None => self.progress.changed().await.is_ok(),
+            };
+            if !changed {
                 // The fill ended without a final word: only possible if
                 // its task panicked.
                 if !matches!(*self.progress.borrow(), Progress::Done { .. }) {
@@ -292,5 +384,5 @@ pub async fn cached(
     let file = std::fs::File::open(path)?;
     // The sender is dropped at once: a finished fill never changes.
     let (_, progress) = watch::channel(Progress::Done { size });
-    Follower::new(file, progress, start, end).await
+    Follower::new(file, progress, None, start, end).await
 }

@@ -18,6 +18,9 @@ use super::route::{Reference, Router};
 use super::store::Store;
 use crate::mirror::{MirrorError, RegistryClient, Repo};
 
+/// Bytes from the upstream handed to the writer at once.
+const GATHER: usize = 256 * 1024;
+
 /// Why a request could not be answered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProxyError {
@@ -430,7 +433,7 @@ impl Proxy {
             _ => None,
         };
         let (start, end) = range.map_or((0, None), |(s, e)| (s, Some(e)));
-        let body = Follower::new(file, fill.progress(), start, end)
+        let body = Follower::new(file, fill.progress(), Some(fill.chunks()), start, end)
             .await
             .map_err(cache_error)?;
         Ok(BlobAnswer {
@@ -473,12 +476,13 @@ impl Proxy {
             path,
             file,
             progress,
+            chunks,
         } = task;
         let host = self.router.host(upstream).to_string();
         let started = Instant::now();
         self.count_fetch(upstream, "blob");
         let result = self
-            .fetch_blob(&host, &repo, &digest, file, progress.clone())
+            .fetch_blob(&host, &repo, &digest, file, progress.clone(), chunks)
             .await;
         match result {
             Ok((size, file)) => {
@@ -549,30 +553,46 @@ impl Proxy {
         digest: &str,
         file: std::fs::File,
         progress: Arc<tokio::sync::watch::Sender<Progress>>,
+        chunks_out: tokio::sync::broadcast::Sender<(u64, Bytes)>,
     ) -> Result<(u64, std::fs::File), MirrorError> {
         let mut response = self.client.get_blob(repo, digest).await?;
         let total = response.content_length();
-        let (chunks, writer) = fill::spawn_writer(file, digest, total, progress)?;
+        let mut hasher = crate::mirror::digest::Hasher::for_digest(digest)?;
+        let (chunks, writer) = fill::spawn_writer(file, total, progress, chunks_out);
         let bytes_in = self
             .metrics
             .upstream_bytes
             .get_or_create(&ProxyMetrics::upstream(host))
             .clone();
         let op = format!("GET blob {repo}@{digest}");
+        // The network's chunks are small (often 16 KiB); gathered into
+        // larger ones, the writer thread and the followers wake up once
+        // per 256 KiB instead of once per chunk.
+        let mut gathered = bytes::BytesMut::new();
         let streamed = loop {
             match response.chunk().await {
                 Ok(Some(chunk)) => {
                     bytes_in.inc_by(chunk.len() as u64);
-                    if chunks.send(chunk).await.is_err() {
+                    hasher.update(&chunk);
+                    gathered.extend_from_slice(&chunk);
+                    if gathered.len() >= GATHER
+                        && chunks.send(gathered.split().freeze()).await.is_err()
+                    {
                         break Ok(()); // the writer stopped: its error follows
                     }
                 }
-                Ok(None) => break Ok(()),
+                Ok(None) => {
+                    if !gathered.is_empty() {
+                        let _ = chunks.send(gathered.split().freeze()).await;
+                    }
+                    break Ok(());
+                }
                 Err(e) => break Err(MirrorError::transport(&op, e)),
             }
         };
         drop(chunks);
-        let (written, actual, file) = writer
+        let actual = hasher.finish();
+        let (written, file) = writer
             .await
             .map_err(|e| MirrorError::Invalid(format!("{op}: writer: {e}")))?;
         streamed?;
