@@ -32,7 +32,7 @@ const PUBLISH_EVERY: u64 = 256 * 1024;
 const READ_CHUNK: u64 = 512 * 1024;
 /// Chunks a fill keeps in memory for its followers (a follower further
 /// behind reads the file).
-const CHUNKS_IN_MEMORY: usize = 32;
+const CHUNKS_IN_MEMORY: usize = 8;
 
 /// How far a fill is.
 #[derive(Debug, Clone, PartialEq, Eq)]
