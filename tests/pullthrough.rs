@@ -1269,3 +1269,39 @@ async fn two_proxies_share_one_bucket() {
     assert!(!dir_b.path().join("cache/blobs").exists());
     assert!(!a.logs().contains(S3_SECRET) && !b.logs().contains(S3_SECRET));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_serving_certificate_is_reloaded_when_its_files_change() {
+    let cache = Cache::local();
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = Registry::start(RegistryOptions::default());
+    let proxy = Proxy::start(
+        dir.path(),
+        &config(dir.path(), &[&upstream], &cache, ""),
+        false,
+        &cache,
+    );
+    let tls = dir.path().join("tls");
+    let read = |path: &Path| std::fs::read_to_string(path).unwrap();
+    let first = common::leaf_of(&read(&tls.join("tls.crt")));
+    assert_eq!(
+        common::served_leaf(proxy.port, &read(&tls.join("ca.crt"))).await,
+        Some(first)
+    );
+    let next = dir.path().join("next");
+    make_certs(&next);
+    std::fs::copy(next.join("tls.key"), tls.join("tls.key")).unwrap();
+    std::fs::copy(next.join("tls.crt"), tls.join("tls.crt")).unwrap();
+    let wanted = common::leaf_of(&read(&next.join("tls.crt")));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while common::served_leaf(proxy.port, &read(&next.join("ca.crt"))).await != Some(wanted.clone())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "new certificate not served: {}",
+            proxy.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(proxy.logs().contains("serving certificate reloaded"));
+}

@@ -282,11 +282,17 @@ fn print_dev_instructions(opts: &ProxyOptions, addr: SocketAddr) {
         ),
         None => ("http", " --tls-verify=false".to_string(), String::new()),
     };
+    // skopeo's --cert-dir takes *.key files for client keys: the CA alone.
     let skopeo_ca = match &ca {
-        Some(ca) => format!(
-            " --cert-dir {}",
-            ca.parent().unwrap_or(std::path::Path::new(".")).display()
-        ),
+        Some(ca) => {
+            let trust = ca.with_file_name("trust");
+            match std::fs::create_dir_all(&trust)
+                .and_then(|_| std::fs::copy(ca, trust.join(crate::certs::CA_FILE)))
+            {
+                Ok(_) => format!(" --cert-dir {}", trust.display()),
+                Err(_) => " --tls-verify=false".to_string(),
+            }
+        }
         None => tls_flag,
     };
     println!(
