@@ -1305,3 +1305,69 @@ async fn the_serving_certificate_is_reloaded_when_its_files_change() {
     }
     assert!(proxy.logs().contains("serving certificate reloaded"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_disconnects_does_not_abort_the_fill_and_manifest_lookups_are_shared() {
+    let cache = Cache::local();
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = Registry::start(RegistryOptions {
+        access_log: true,
+        ..Default::default()
+    });
+    let image = Image::new(true, &[64 << 20], 16);
+    upstream.push_image("app", "v1", &image).await;
+    let proxy = Proxy::start(
+        dir.path(),
+        &config(dir.path(), &[&upstream], &cache, ""),
+        true,
+        &cache,
+    );
+    let http = http_client();
+    // Twenty clients ask for the same uncached tag at once: one lookup.
+    let url = proxy.url(&format!("/v2/{}/app/manifests/v1", name(&upstream)));
+    let lookups: Vec<_> = (0..20)
+        .map(|_| {
+            let (http, url) = (http.clone(), url.clone());
+            tokio::spawn(async move {
+                let response = http
+                    .get(&url)
+                    .header("accept", ACCEPT)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), 200);
+                response.headers()["docker-content-digest"]
+                    .to_str()
+                    .unwrap()
+                    .to_string()
+            })
+        })
+        .collect();
+    for lookup in lookups {
+        assert_eq!(lookup.await.unwrap(), image.digest());
+    }
+    assert_eq!(upstream.requests(&["\"HEAD /v2/app/manifests/v1"]), 1);
+    assert_eq!(upstream.requests(&["\"GET /v2/app/manifests/"]), 1);
+
+    // A client reads a little of a 64 MiB layer and hangs up.
+    let layer = sha256(&image.layers[0]);
+    let blob_url = proxy.url(&format!("/v2/{}/app/blobs/{layer}", name(&upstream)));
+    let mut response = http.get(&blob_url).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let first = response.chunk().await.unwrap().unwrap();
+    assert!(!first.is_empty());
+    drop(response);
+    // The fill goes on to the end, and the blob is cached whole.
+    proxy.wait_stored(1);
+    assert!(proxy.cached_blobs().contains(&layer));
+    let again = http
+        .get(&blob_url)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(sha256(&again), layer);
+    assert_eq!(upstream.requests(&["\"GET /v2/app/blobs/", &layer]), 1);
+}
