@@ -106,14 +106,16 @@ async fn handle(
             return error(status, e.code(), &e.to_string());
         }
     };
-    let read = method == Method::GET || method == Method::HEAD;
-    if !read || route.target == Target::Upload {
+    let unsupported = || {
         refuse("unsupported");
-        return error(
+        error(
             StatusCode::METHOD_NOT_ALLOWED,
             "UNSUPPORTED",
             "this is a pull-through cache: only pulls (GET and HEAD) are supported",
-        );
+        )
+    };
+    if method != Method::GET && method != Method::HEAD {
+        return unsupported();
     }
     let head = method == Method::HEAD;
     let proxy = &app.proxy;
@@ -152,9 +154,6 @@ async fn handle(
                         .clone();
                     blob_response(digest, answer, served, permit)
                 }
-                Err(ProxyError::NotFound(m)) if m == "range not satisfiable" => {
-                    error(StatusCode::RANGE_NOT_SATISFIABLE, "BLOB_UNKNOWN", &m)
-                }
                 Err(e) => proxy_error(e, "BLOB_UNKNOWN"),
             }
         }
@@ -165,7 +164,7 @@ async fn handle(
             Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
             Err(e) => proxy_error(e, "NAME_UNKNOWN"),
         },
-        Target::Upload => unreachable!("refused above"),
+        Target::Upload => unsupported(),
     };
     with_api_version(response)
 }
@@ -273,6 +272,7 @@ fn proxy_error(e: ProxyError, not_found_code: &'static str) -> Response {
         ProxyError::Upstream(_) => (StatusCode::BAD_GATEWAY, "UNKNOWN"),
         ProxyError::Refused(_) => (StatusCode::FORBIDDEN, "DENIED"),
         ProxyError::Cache(_) => (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN"),
+        ProxyError::RangeNotSatisfiable => (StatusCode::RANGE_NOT_SATISFIABLE, "BLOB_UNKNOWN"),
     };
     error(status, code, &e.to_string())
 }

@@ -38,6 +38,8 @@ pub enum ProxyError {
     Refused(String),
     #[error("cache: {0}")]
     Cache(String),
+    #[error("range not satisfiable")]
+    RangeNotSatisfiable,
 }
 
 impl From<MirrorError> for ProxyError {
@@ -424,11 +426,9 @@ impl Proxy {
             }
         };
         let range = match (range, size) {
-            (Some(range), Some(size)) => Some(
-                range
-                    .resolve(size)
-                    .ok_or_else(|| ProxyError::NotFound("range not satisfiable".into()))?,
-            ),
+            (Some(range), Some(size)) => {
+                Some(range.resolve(size).ok_or(ProxyError::RangeNotSatisfiable)?)
+            }
             // Unknown size: the whole blob (a server may ignore Range).
             _ => None,
         };
@@ -450,10 +450,7 @@ impl Proxy {
         range: Option<ByteRange>,
     ) -> Result<BlobAnswer, ProxyError> {
         let range = match range {
-            Some(r) => Some(
-                r.resolve(size)
-                    .ok_or_else(|| ProxyError::NotFound("range not satisfiable".into()))?,
-            ),
+            Some(r) => Some(r.resolve(size).ok_or(ProxyError::RangeNotSatisfiable)?),
             None => None,
         };
         let (start, end) = range.map_or((0, None), |(s, e)| (s, Some(e)));
