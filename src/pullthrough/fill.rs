@@ -3,9 +3,11 @@
 //!
 //! Layer: adapter (upstream and filesystem I/O). A fill is a task of its own,
 //! not a client's request, so a client that disconnects does not abort it.
-//! It writes the upstream's bytes to a file under `tmp/` on a blocking
-//! thread that also hashes them, and publishes how much is written; each
-//! client follows the file with a [`Follower`] at its own pace. The last
+//! It hashes the upstream's bytes as they arrive and writes them to a file
+//! under `tmp/` on a blocking thread, which publishes how much is written and
+//! keeps the last chunks in memory; each client follows at its own pace
+//! with a [`Follower`], from those chunks when it keeps up and from the file
+//! otherwise. The last
 //! byte is released only once the digest has been checked, so a corrupt
 //! upstream blob never reaches a client whole, and it is never stored: the
 //! fill ends in a rename into the cache or in deleting the file.
@@ -25,6 +27,8 @@ use bytes::Bytes;
 use tokio::sync::broadcast::{self, error::TryRecvError};
 use tokio::sync::watch;
 
+use super::error::ProxyError;
+
 /// Published after this many new bytes (and at the end), not after every
 /// chunk: fifty followers need not wake for every 16 KiB.
 const PUBLISH_EVERY: u64 = 256 * 1024;
@@ -41,20 +45,10 @@ pub enum Progress {
     Starting,
     /// Writing: bytes on disk, and the size the upstream announced.
     Running { written: u64, total: Option<u64> },
-    /// Verified and in the cache.
+    /// Verified (stored into the cache just after).
     Done { size: u64 },
     /// Failed; nothing was stored.
-    Failed(FillFailure),
-}
-
-/// Why a fill failed, as clients are told.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FillFailure {
-    /// The upstream answered 404.
-    pub not_found: bool,
-    /// A connection problem or 5xx that may pass.
-    pub transient: bool,
-    pub message: String,
+    Failed(ProxyError),
 }
 
 pub struct Fill {
@@ -198,26 +192,23 @@ pub struct Follower {
 }
 
 impl Follower {
-    /// `end` is exclusive; `None` reads to the end of the blob.
-    pub async fn new(
+    /// `end` is exclusive; `None` reads to the end of the blob. Each read
+    /// seeks to the follower's position, so the file's offset does not matter.
+    pub fn new(
         file: std::fs::File,
         progress: watch::Receiver<Progress>,
         chunks: Option<broadcast::Receiver<(u64, Bytes)>>,
         start: u64,
         end: Option<u64>,
-    ) -> std::io::Result<Follower> {
-        let mut file = file;
-        if start > 0 {
-            std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(start))?;
-        }
-        Ok(Follower {
+    ) -> Follower {
+        Follower {
             file: Some(file),
             chunks,
             pending: None,
             progress,
             position: start,
             end,
-        })
+        }
     }
 
     /// The bytes at the follower's position from the chunks in memory, if
@@ -264,29 +255,20 @@ impl Follower {
     /// The next chunk, `None` at the end, an error when the fill failed.
     pub async fn next_chunk(&mut self) -> Option<std::io::Result<Bytes>> {
         loop {
-            let (done, total) = match &*self.progress.borrow_and_update() {
-                Progress::Running { total, .. } => (false, *total),
-                Progress::Done { size } => (true, Some(*size)),
-                _ => (false, None),
+            // What the file holds that may be sent (the last byte waits for
+            // the digest check), and what the chunks in memory are part of.
+            let (readable, done, total) = match &*self.progress.borrow_and_update() {
+                Progress::Starting => (0, false, None),
+                Progress::Running { written, total } => (written.saturating_sub(1), false, *total),
+                Progress::Done { size } => (*size, true, Some(*size)),
+                Progress::Failed(error) => return Some(Err(std::io::Error::other(error.clone()))),
             };
+            if done && self.position >= self.end.unwrap_or(readable).min(readable) {
+                return None;
+            }
             if let Some(bytes) = self.take_from_memory(done, total) {
                 return Some(Ok(bytes));
             }
-            let readable = match &*self.progress.borrow_and_update() {
-                Progress::Starting => 0,
-                // The last byte waits for the digest check.
-                Progress::Running { written, .. } => written.saturating_sub(1),
-                Progress::Done { size } => {
-                    let end = self.end.unwrap_or(*size).min(*size);
-                    if self.position >= end {
-                        return None;
-                    }
-                    *size
-                }
-                Progress::Failed(failure) => {
-                    return Some(Err(std::io::Error::other(failure.message.clone())))
-                }
-            };
             let limit = self.end.map_or(readable, |end| end.min(readable));
             if self.position < limit {
                 let want = (limit - self.position).min(READ_CHUNK);
@@ -375,7 +357,7 @@ impl BlobBody {
 }
 
 /// A follower for a blob already in the cache.
-pub async fn cached(
+pub fn cached(
     path: &std::path::Path,
     size: u64,
     start: u64,
@@ -384,5 +366,5 @@ pub async fn cached(
     let file = std::fs::File::open(path)?;
     // The sender is dropped at once: a finished fill never changes.
     let (_, progress) = watch::channel(Progress::Done { size });
-    Follower::new(file, progress, None, start, end).await
+    Ok(Follower::new(file, progress, None, start, end))
 }

@@ -16,9 +16,10 @@ use axum::Router;
 use prometheus_client::metrics::counter::Counter;
 
 use super::clients::{ClientLimit, Htpasswd};
+use super::error::ProxyError;
 use super::metrics::{ProxyMetrics, RefusalLabels};
 use super::route::{RouteError, Target};
-use super::service::{BlobAnswer, ByteRange, ManifestAnswer, Proxy, ProxyError};
+use super::service::{BlobAnswer, ByteRange, ManifestAnswer, Proxy};
 
 const API_VERSION: (&str, &str) = ("docker-distribution-api-version", "registry/2.0");
 

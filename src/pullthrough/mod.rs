@@ -13,6 +13,7 @@
 pub mod clients;
 pub mod config;
 pub mod containerd;
+pub mod error;
 pub mod fill;
 pub mod http;
 pub mod metrics;

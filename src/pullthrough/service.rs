@@ -12,46 +12,15 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::fill::{self, BlobBody, FillFailure, FillTask, Fills, Follower, Progress};
+use super::error::ProxyError;
+use super::fill::{self, BlobBody, FillTask, Fills, Follower, Progress};
 use super::metrics::{CacheLabels, FetchLabels, ProxyMetrics};
 use super::route::{Reference, Router};
-use super::store::Store;
+use super::store::{Store, StoredManifest};
 use crate::mirror::{MirrorError, RegistryClient, Repo};
 
 /// Bytes from the upstream handed to the writer at once.
 const GATHER: usize = 256 * 1024;
-
-/// Why a request could not be answered.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ProxyError {
-    /// The upstream has no such manifest, blob or repository.
-    #[error("{0}")]
-    NotFound(String),
-    /// The upstream could not be reached or failed; worth retrying.
-    #[error("upstream unavailable: {0}")]
-    Unavailable(String),
-    /// The upstream refused or answered something unusable.
-    #[error("upstream: {0}")]
-    Upstream(String),
-    /// The upstream's address is refused by the address guard.
-    #[error("{0}")]
-    Refused(String),
-    #[error("cache: {0}")]
-    Cache(String),
-    #[error("range not satisfiable")]
-    RangeNotSatisfiable,
-}
-
-impl From<MirrorError> for ProxyError {
-    fn from(e: MirrorError) -> Self {
-        match &e {
-            MirrorError::Status { status: 404, .. } => ProxyError::NotFound(e.to_string()),
-            MirrorError::Refused(_) => ProxyError::Refused(e.to_string()),
-            _ if e.is_retryable() => ProxyError::Unavailable(e.to_string()),
-            _ => ProxyError::Upstream(e.to_string()),
-        }
-    }
-}
 
 /// A manifest to send.
 #[derive(Debug, Clone)]
@@ -61,6 +30,17 @@ pub struct ManifestAnswer {
     pub bytes: Bytes,
     /// Served past its TTL because the upstream could not be reached.
     pub stale: bool,
+}
+
+impl ManifestAnswer {
+    fn stored(stored: StoredManifest, digest: String, stale: bool) -> ManifestAnswer {
+        ManifestAnswer {
+            media_type: stored.media_type,
+            digest,
+            bytes: stored.bytes,
+            stale,
+        }
+    }
 }
 
 /// A blob (or a range of it) to send.
@@ -241,12 +221,7 @@ impl Proxy {
             }
         };
         let stored = self.store.manifest(&digest).await?;
-        Some(ManifestAnswer {
-            media_type: stored.media_type,
-            digest,
-            bytes: stored.bytes,
-            stale,
-        })
+        Some(ManifestAnswer::stored(stored, digest, stale))
     }
 
     async fn fetch_manifest(
@@ -300,12 +275,7 @@ impl Proxy {
         let answer = match self.store.manifest(&digest).await {
             Some(stored) => {
                 self.count(upstream, "manifest", "hit");
-                ManifestAnswer {
-                    media_type: stored.media_type,
-                    digest: digest.clone(),
-                    bytes: stored.bytes,
-                    stale: false,
-                }
+                ManifestAnswer::stored(stored, digest.clone(), false)
             }
             None => {
                 self.count(upstream, "manifest", "miss");
@@ -419,23 +389,19 @@ impl Proxy {
                 Progress::Starting => {}
                 Progress::Running { total, .. } => break *total,
                 Progress::Done { size } => break Some(*size),
-                Progress::Failed(failure) => return Err(failure_error(failure)),
+                Progress::Failed(error) => return Err(error.clone()),
             }
             if progress.changed().await.is_err() {
                 return Err(ProxyError::Cache("blob fill stopped".into()));
             }
         };
-        let range = match (range, size) {
-            (Some(range), Some(size)) => {
-                Some(range.resolve(size).ok_or(ProxyError::RangeNotSatisfiable)?)
-            }
-            // Unknown size: the whole blob (a server may ignore Range).
-            _ => None,
+        // Unknown size: the whole blob (a server may ignore Range).
+        let range = match size {
+            Some(size) => resolve(range, size)?,
+            None => None,
         };
         let (start, end) = range.map_or((0, None), |(s, e)| (s, Some(e)));
-        let body = Follower::new(file, fill.progress(), Some(fill.chunks()), start, end)
-            .await
-            .map_err(cache_error)?;
+        let body = Follower::new(file, fill.progress(), Some(fill.chunks()), start, end);
         Ok(BlobAnswer {
             size,
             range,
@@ -449,10 +415,7 @@ impl Proxy {
         size: u64,
         range: Option<ByteRange>,
     ) -> Result<BlobAnswer, ProxyError> {
-        let range = match range {
-            Some(r) => Some(r.resolve(size).ok_or(ProxyError::RangeNotSatisfiable)?),
-            None => None,
-        };
+        let range = resolve(range, size)?;
         let (start, end) = range.map_or((0, None), |(s, e)| (s, Some(e)));
         let body = self
             .store
@@ -481,6 +444,12 @@ impl Proxy {
         let result = self
             .fetch_blob(&host, &repo, &digest, file, progress.clone(), chunks)
             .await;
+        // Unregistered, and its file deleted: nothing of it is stored.
+        let abandon = || {
+            self.fills.finish(&digest, || {
+                let _ = std::fs::remove_file(&path);
+            })
+        };
         match result {
             Ok((size, file)) => {
                 // Verified: clients get their last bytes now.
@@ -490,9 +459,7 @@ impl Proxy {
                 let synced = tokio::task::spawn_blocking(move || file.sync_data()).await;
                 if let Ok(Err(e)) | Err(e) = synced.map_err(std::io::Error::other) {
                     tracing::error!(error = %e, digest, "cannot sync a fetched blob; not caching it");
-                    self.fills.finish(&digest, || {
-                        let _ = std::fs::remove_file(&path);
-                    });
+                    abandon();
                     return;
                 }
                 // Uploaded (shared cache) while the fill is still followed,
@@ -503,9 +470,7 @@ impl Proxy {
                         .finish(&digest, || self.store.settle_blob(&path, &digest, size))
                         .map_err(|e| e.to_string()),
                     Err(e) => {
-                        self.fills.finish(&digest, || {
-                            let _ = std::fs::remove_file(&path);
-                        });
+                        abandon();
                         Err(e.to_string())
                     }
                 };
@@ -524,9 +489,7 @@ impl Proxy {
             }
             Err(e) => {
                 self.count_error(upstream, &e);
-                self.fills.finish(&digest, || {
-                    let _ = std::fs::remove_file(&path);
-                });
+                abandon();
                 tracing::warn!(
                     upstream = host,
                     repository = repo.path,
@@ -534,11 +497,7 @@ impl Proxy {
                     error = %e,
                     "blob fetch failed; nothing was cached"
                 );
-                progress.send_replace(Progress::Failed(FillFailure {
-                    not_found: matches!(e, MirrorError::Status { status: 404, .. }),
-                    transient: e.is_retryable(),
-                    message: e.to_string(),
-                }));
+                progress.send_replace(Progress::Failed(e.into()));
             }
         }
     }
@@ -637,12 +596,9 @@ impl Proxy {
     }
 }
 
-fn failure_error(failure: &FillFailure) -> ProxyError {
-    if failure.not_found {
-        ProxyError::NotFound(failure.message.clone())
-    } else if failure.transient {
-        ProxyError::Unavailable(failure.message.clone())
-    } else {
-        ProxyError::Upstream(failure.message.clone())
-    }
+/// The byte range to send of a blob of `size`, if one was asked for.
+fn resolve(range: Option<ByteRange>, size: u64) -> Result<Option<(u64, u64)>, ProxyError> {
+    range
+        .map(|r| r.resolve(size).ok_or(ProxyError::RangeNotSatisfiable))
+        .transpose()
 }

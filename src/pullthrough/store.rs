@@ -278,7 +278,7 @@ impl Store {
         let key = key(Kind::Blob, digest);
         match &self.backend {
             Backend::Local => {
-                let follower = fill::cached(&self.local_path(&key), size, start, end).await;
+                let follower = fill::cached(&self.local_path(&key), size, start, end);
                 if follower.is_err() {
                     // Removed behind the index's back: forget it.
                     self.lock().remove(Kind::Blob, digest);
