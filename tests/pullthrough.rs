@@ -158,6 +158,17 @@ impl Proxy {
         proxy
     }
 
+    /// A proxy for `upstreams` (see [`config`]), `extra` appended to its config.
+    fn serving(
+        dir: &Path,
+        upstreams: &[&Registry],
+        cache: &Cache,
+        extra: &str,
+        plain: bool,
+    ) -> Proxy {
+        Proxy::start(dir, &config(dir, upstreams, cache, extra), plain, cache)
+    }
+
     fn spawn(&mut self) {
         let log = std::fs::File::options()
             .create(true)
@@ -286,6 +297,15 @@ impl Drop for Proxy {
     }
 }
 
+/// A plain upstream registry that logs every request (to count what the
+/// proxy fetched).
+fn logged_registry() -> Registry {
+    Registry::start(RegistryOptions {
+        access_log: true,
+        ..Default::default()
+    })
+}
+
 /// How skopeo names an upstream through the proxy: `host:port` is not a
 /// path component, so each test upstream gets the name `up<port>`.
 fn name(upstream: &Registry) -> String {
@@ -377,10 +397,7 @@ async fn skopeo_pulls_every_manifest_kind_through_the_proxy_with_upstream_digest
 ) {
     let cache = Cache::new(storage);
     let dir = tempfile::tempdir().unwrap();
-    let upstream = Registry::start(RegistryOptions {
-        access_log: true,
-        ..Default::default()
-    });
+    let upstream = logged_registry();
     let docker = Image::new(true, &[200_000, 50_000], 1);
     upstream.push_image("team/app", "v1", &docker).await;
     let amd = Image::new(false, &[120_000], 2);
@@ -402,12 +419,7 @@ async fn skopeo_pulls_every_manifest_kind_through_the_proxy_with_upstream_digest
             &[("linux/amd64", &d_amd), ("linux/arm64/v8", &d_arm)],
         )
         .await;
-    let proxy = Proxy::start(
-        dir.path(),
-        &config(dir.path(), &[&upstream], &cache, ""),
-        false,
-        &cache,
-    );
+    let proxy = Proxy::serving(dir.path(), &[&upstream], &cache, "", false);
     let host = name(&upstream);
 
     for reference in ["team/app:v1", "team/multi:oci", "team/multi:list"] {
@@ -611,12 +623,7 @@ async fn upstream_behind_token_auth_is_pulled_with_configured_credentials() {
     assert!(!proxy.logs().contains(PASSWORD));
     // Without credentials the upstream refuses, and the client is told.
     let dir2 = tempfile::tempdir().unwrap();
-    let anonymous = Proxy::start(
-        dir2.path(),
-        &config(dir2.path(), &[&upstream], &cache, ""),
-        false,
-        &cache,
-    );
+    let anonymous = Proxy::serving(dir2.path(), &[&upstream], &cache, "", false);
     let response = anonymous
         .http()
         .get(anonymous.url(&format!("/v2/{}/lib/app/manifests/v1", name(&upstream))))
@@ -636,16 +643,12 @@ async fn a_cached_tag_is_served_stale_while_the_upstream_is_down(storage: Storag
     let mut upstream = Registry::start(RegistryOptions::default());
     let image = Image::new(true, &[60_000], 8);
     upstream.push_image("app", "v1", &image).await;
-    let proxy = Proxy::start(
+    let proxy = Proxy::serving(
         dir.path(),
-        &config(
-            dir.path(),
-            &[&upstream],
-            &cache,
-            "  tagTtl: 1s\n  serveStale: 1h\n",
-        ),
-        false,
+        &[&upstream],
         &cache,
+        "  tagTtl: 1s\n  serveStale: 1h\n",
+        false,
     );
     let reference = format!("{}/app:v1", name(&upstream));
     copy_through(&proxy, &reference, &dir.path().join("first"));
@@ -694,10 +697,7 @@ with_each_storage!(a_corrupt_upstream_blob_fails_the_client_and_is_never_cached)
 async fn a_corrupt_upstream_blob_fails_the_client_and_is_never_cached(storage: Storage) {
     let cache = Cache::new(storage);
     let dir = tempfile::tempdir().unwrap();
-    let upstream = Registry::start(RegistryOptions {
-        access_log: true,
-        ..Default::default()
-    });
+    let upstream = logged_registry();
     let image = Image::new(false, &[700_000], 9);
     upstream.push_image("app", "v1", &image).await;
     let layer = sha256(&image.layers[0]);
@@ -706,12 +706,7 @@ async fn a_corrupt_upstream_blob_fails_the_client_and_is_never_cached(storage: S
     let mut bytes = std::fs::read(&file).unwrap();
     bytes[350_000] ^= 0xff;
     std::fs::write(&file, &bytes).unwrap();
-    let proxy = Proxy::start(
-        dir.path(),
-        &config(dir.path(), &[&upstream], &cache, ""),
-        true,
-        &cache,
-    );
+    let proxy = Proxy::serving(dir.path(), &[&upstream], &cache, "", true);
     let url = proxy.url(&format!("/v2/{}/app/blobs/{layer}", name(&upstream)));
     for attempt in 0..2 {
         let outcome = match http_client().get(&url).send().await {
@@ -751,23 +746,16 @@ with_each_storage!(fifty_clients_of_one_uncached_blob_make_one_upstream_fetch);
 async fn fifty_clients_of_one_uncached_blob_make_one_upstream_fetch(storage: Storage) {
     let cache = Cache::new(storage);
     let dir = tempfile::tempdir().unwrap();
-    let upstream = Registry::start(RegistryOptions {
-        access_log: true,
-        ..Default::default()
-    });
+    let upstream = logged_registry();
     let blob = random_bytes(256 << 20, 42);
     let digest = upstream.push_blob("big", &blob).await;
     drop(blob);
-    let proxy = Proxy::start(
+    let proxy = Proxy::serving(
         dir.path(),
-        &config(
-            dir.path(),
-            &[&upstream],
-            &cache,
-            "clients:\n  maxRequestsPerClient: 100\n",
-        ),
-        true,
+        &[&upstream],
         &cache,
+        "clients:\n  maxRequestsPerClient: 100\n",
+        true,
     );
     let url = proxy.url(&format!("/v2/{}/big/blobs/{digest}", name(&upstream)));
     let client = http_client();
@@ -807,18 +795,10 @@ with_each_storage!(a_restarted_proxy_serves_its_warm_cache_without_upstream_blob
 async fn a_restarted_proxy_serves_its_warm_cache_without_upstream_blob_traffic(storage: Storage) {
     let cache = Cache::new(storage);
     let dir = tempfile::tempdir().unwrap();
-    let upstream = Registry::start(RegistryOptions {
-        access_log: true,
-        ..Default::default()
-    });
+    let upstream = logged_registry();
     let image = Image::new(true, &[300_000, 100_000], 10);
     upstream.push_image("app", "v1", &image).await;
-    let mut proxy = Proxy::start(
-        dir.path(),
-        &config(dir.path(), &[&upstream], &cache, ""),
-        false,
-        &cache,
-    );
+    let mut proxy = Proxy::serving(dir.path(), &[&upstream], &cache, "", false);
     let reference = format!("{}/app:v1", name(&upstream));
     copy_through(&proxy, &reference, &dir.path().join("cold"));
     let blob_gets = upstream.requests(&["\"GET /v2/app/blobs/"]);
@@ -860,12 +840,7 @@ async fn eviction_keeps_the_cache_under_its_limit_least_recently_used_first(stor
     for blob in &blobs {
         digests.push(upstream.push_blob("app", blob).await);
     }
-    let proxy = Proxy::start(
-        dir.path(),
-        &config(dir.path(), &[&upstream], &cache, "  maxSize: 1MiB\n"),
-        true,
-        &cache,
-    );
+    let proxy = Proxy::serving(dir.path(), &[&upstream], &cache, "  maxSize: 1MiB\n", true);
     let get = |digest: &str| {
         let url = proxy.url(&format!("/v2/{}/app/blobs/{digest}", name(&upstream)));
         async move {
@@ -971,22 +946,11 @@ async fn host_names_and_containerd_ns_route_to_their_upstreams() {
 async fn refuses_unlisted_upstreams_guarded_addresses_path_escapes_and_pushes() {
     let cache = Cache::local();
     let dir = tempfile::tempdir().unwrap();
-    let upstream = Registry::start(RegistryOptions {
-        access_log: true,
-        ..Default::default()
-    });
-    let other = Registry::start(RegistryOptions {
-        access_log: true,
-        ..Default::default()
-    });
+    let upstream = logged_registry();
+    let other = logged_registry();
     let image = Image::new(true, &[10_000], 13);
     other.push_image("app", "v1", &image).await;
-    let proxy = Proxy::start(
-        dir.path(),
-        &config(dir.path(), &[&upstream], &cache, ""),
-        true,
-        &cache,
-    );
+    let proxy = Proxy::serving(dir.path(), &[&upstream], &cache, "", true);
     let pushed = other.requests(&["/v2/app"]);
     let http = http_client();
     let status = |path: String| {
@@ -1093,12 +1057,7 @@ async fn htpasswd_guards_pulls_and_the_client_limit_answers_429() {
         "clients:\n  htpasswd: {}\n  maxRequestsPerClient: 1\n",
         dir.path().join("htpasswd").display()
     );
-    let proxy = Proxy::start(
-        dir.path(),
-        &config(dir.path(), &[&upstream], &cache, &extra),
-        false,
-        &cache,
-    );
+    let proxy = Proxy::serving(dir.path(), &[&upstream], &cache, &extra, false);
     let http = proxy.http();
     let url = proxy.url(&format!("/v2/{}/app/manifests/v1", name(&upstream)));
     let anonymous = http.get(&url).send().await.unwrap();
@@ -1224,25 +1183,12 @@ fn containerd_config_writes_hosts_toml_for_each_upstream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_proxies_share_one_bucket() {
     let cache = Cache::new(Storage::S3);
-    let upstream = Registry::start(RegistryOptions {
-        access_log: true,
-        ..Default::default()
-    });
+    let upstream = logged_registry();
     let image = Image::new(false, &[400_000, 300_000], 15);
     upstream.push_image("app", "v1", &image).await;
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = Proxy::start(
-        dir_a.path(),
-        &config(dir_a.path(), &[&upstream], &cache, ""),
-        false,
-        &cache,
-    );
-    let b = Proxy::start(
-        dir_b.path(),
-        &config(dir_b.path(), &[&upstream], &cache, ""),
-        false,
-        &cache,
-    );
+    let a = Proxy::serving(dir_a.path(), &[&upstream], &cache, "", false);
+    let b = Proxy::serving(dir_b.path(), &[&upstream], &cache, "", false);
     let reference = format!("{}/app:v1", name(&upstream));
     copy_through(&a, &reference, &dir_a.path().join("out"));
     a.wait_stored(3);
@@ -1275,12 +1221,7 @@ async fn the_serving_certificate_is_reloaded_when_its_files_change() {
     let cache = Cache::local();
     let dir = tempfile::tempdir().unwrap();
     let upstream = Registry::start(RegistryOptions::default());
-    let proxy = Proxy::start(
-        dir.path(),
-        &config(dir.path(), &[&upstream], &cache, ""),
-        false,
-        &cache,
-    );
+    let proxy = Proxy::serving(dir.path(), &[&upstream], &cache, "", false);
     let tls = dir.path().join("tls");
     let read = |path: &Path| std::fs::read_to_string(path).unwrap();
     let first = common::leaf_of(&read(&tls.join("tls.crt")));
@@ -1310,18 +1251,10 @@ async fn the_serving_certificate_is_reloaded_when_its_files_change() {
 async fn a_client_that_disconnects_does_not_abort_the_fill_and_manifest_lookups_are_shared() {
     let cache = Cache::local();
     let dir = tempfile::tempdir().unwrap();
-    let upstream = Registry::start(RegistryOptions {
-        access_log: true,
-        ..Default::default()
-    });
+    let upstream = logged_registry();
     let image = Image::new(true, &[64 << 20], 16);
     upstream.push_image("app", "v1", &image).await;
-    let proxy = Proxy::start(
-        dir.path(),
-        &config(dir.path(), &[&upstream], &cache, ""),
-        true,
-        &cache,
-    );
+    let proxy = Proxy::serving(dir.path(), &[&upstream], &cache, "", true);
     let http = http_client();
     // Twenty clients ask for the same uncached tag at once: one lookup.
     let url = proxy.url(&format!("/v2/{}/app/manifests/v1", name(&upstream)));
