@@ -112,6 +112,12 @@ fn bench_admission(c: &mut Criterion) {
     .unwrap();
     for n in [3, 60] {
         let body = review_body(n);
+        c.bench_function(&format!("admission decode, {n}-container pod"), |b| {
+            b.iter(|| {
+                detour::admission::decode::decode(black_box(&body))
+                    .map(|(e, _)| e.request.is_some())
+            })
+        });
         c.bench_function(&format!("admission review, {n}-container pod"), |b| {
             b.iter(|| {
                 detour::admission::review(

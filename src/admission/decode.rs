@@ -1,193 +1,322 @@
 //! The AdmissionReview request as detour reads it: borrowed from the body.
 //!
-//! Layer: pure core. One pass over the body decodes the envelope and the
-//! Pod's few fields ([`super::pod::PodView`]); every other value (managed
-//! fields, user info, the rest of the spec) is skipped by the parser without
-//! being built. Strings are borrowed from the body unless they hold escapes.
-
-use std::borrow::Cow;
-use std::fmt;
+//! Layer: pure core. One pass of the [`Reader`] over the body decodes the
+//! envelope and the Pod's few fields ([`PodView`]); every other value
+//! (managed fields, user info, the rest of the spec) is skipped, its grammar
+//! checked but nothing built. Strings are borrowed from the body unless they
+//! hold escapes.
+//!
+//! The shape rules are those of the serde structs this replaced (the test
+//! module keeps them as the oracle): unknown fields are ignored, a field
+//! given twice is an error, required fields must be present, `null` stands
+//! for "absent" only where a field is optional. A Pod that is JSON but not
+//! readable as a Pod (a list that is not a list, say) does not make the
+//! request unreadable: the object is skipped and the request fails open.
 
 use kube::core::admission::Operation;
-use serde::de::{IgnoredAny, Visitor};
-use serde::{Deserialize, Deserializer};
 
-use super::pod::PodView;
+use super::pod::{ContainerView, MetaView, PickedMap, PodSpecView, PodView, READ_KEYS};
+pub use super::reader::Text;
+use super::reader::{Key, Reader, Result};
 
-/// A JSON string, borrowed from the body when it has no escapes.
-///
-/// (serde's own `Cow<str>` always copies unless it is a struct field marked
-/// `borrow`; this one also borrows inside `Option`, `Vec` and maps.)
-#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Text<'a>(pub Cow<'a, str>);
-
-impl std::ops::Deref for Text<'_> {
-    type Target = str;
-    fn deref(&self) -> &str {
-        &self.0
-    }
-}
-
-impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct TextVisitor;
-        impl<'de> Visitor<'de> for TextVisitor {
-            type Value = Text<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(Text(Cow::Borrowed(v)))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(Text(Cow::Owned(v.to_owned())))
-            }
-            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
-                Ok(Text(Cow::Owned(v)))
-            }
-        }
-        deserializer.deserialize_str(TextVisitor)
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(
-    rename_all = "camelCase",
-    bound(deserialize = "O: Deserialize<'de>, 'de: 'a")
-)]
-pub struct ReviewEnvelope<'a, O> {
-    #[serde(default, borrow)]
+pub struct ReviewEnvelope<'a> {
     pub api_version: Text<'a>,
-    #[serde(default, borrow)]
     pub kind: Text<'a>,
-    pub request: Option<RequestEnvelope<'a, O>>,
+    pub request: Option<RequestEnvelope<'a>>,
 }
 
-/// The request; `O` is [`PodView`] on the fast path (one pass over the
-/// body), or `IgnoredAny` when the object is not a readable Pod.
-#[derive(Deserialize)]
-#[serde(
-    rename_all = "camelCase",
-    bound(deserialize = "O: Deserialize<'de>, 'de: 'a")
-)]
-pub struct RequestEnvelope<'a, O> {
-    #[serde(borrow)]
+pub struct RequestEnvelope<'a> {
     pub uid: Text<'a>,
-    #[serde(borrow)]
     pub kind: GroupVersionKind<'a>,
-    // Read only to refuse a request without one, as kube's typed request does.
-    #[allow(dead_code)]
-    #[serde(borrow)]
-    pub resource: GroupVersionResource<'a>,
-    #[serde(default, borrow)]
     pub sub_resource: Option<Text<'a>>,
-    #[serde(default, borrow)]
     pub name: Text<'a>,
-    #[serde(default, borrow)]
     pub namespace: Option<Text<'a>>,
     pub operation: Operation,
-    #[serde(default)]
     pub dry_run: bool,
-    #[serde(default = "none")]
-    pub object: Option<O>,
-    #[serde(default = "none")]
-    pub old_object: Option<O>,
 }
 
-fn none<O>() -> Option<O> {
-    None
-}
-
-#[derive(Deserialize)]
 pub struct GroupVersionKind<'a> {
-    #[serde(borrow)]
     pub group: Text<'a>,
-    #[allow(dead_code)]
-    #[serde(borrow)]
-    pub version: Text<'a>,
-    #[serde(borrow)]
     pub kind: Text<'a>,
-}
-
-#[derive(Deserialize)]
-#[allow(dead_code)]
-pub struct GroupVersionResource<'a> {
-    #[serde(borrow)]
-    pub group: Text<'a>,
-    #[serde(borrow)]
-    pub version: Text<'a>,
-    #[serde(borrow)]
-    pub resource: Text<'a>,
 }
 
 /// The decoded objects, or why the object could not be read as a Pod.
-pub type Objects<'a> = Result<(Option<PodView<'a>>, Option<PodView<'a>>), String>;
+pub type Objects<'a> = std::result::Result<(Option<PodView<'a>>, Option<PodView<'a>>), String>;
 
-/// Decodes the body in one pass when it holds a readable Pod; otherwise
-/// decodes the envelope alone, so that other kinds are still answered.
-pub fn decode(
-    body: &[u8],
-) -> Result<(ReviewEnvelope<'_, IgnoredAny>, Objects<'_>), serde_json::Error> {
-    // A body checked as UTF-8 once (a fast whole-buffer check) is parsed
-    // without checking each string again; one that is not UTF-8 takes the
-    // byte parser, which says where the JSON is wrong, as before.
-    let text = std::str::from_utf8(body).ok();
-    match parse::<ReviewEnvelope<PodView>>(text, body) {
-        Ok(envelope) => {
-            let (request, objects) = match envelope.request {
-                Some(r) => {
-                    let objects = Ok((r.object, r.old_object));
-                    let request = RequestEnvelope {
-                        uid: r.uid,
-                        kind: r.kind,
-                        resource: r.resource,
-                        sub_resource: r.sub_resource,
-                        name: r.name,
-                        namespace: r.namespace,
-                        operation: r.operation,
-                        dry_run: r.dry_run,
-                        object: None,
-                        old_object: None,
-                    };
-                    (Some(request), objects)
-                }
-                None => (None, Ok((None, None))),
-            };
-            let envelope = ReviewEnvelope {
-                api_version: envelope.api_version,
-                kind: envelope.kind,
-                request,
-            };
-            Ok((envelope, objects))
-        }
-        Err(pod_error) => {
-            let envelope = parse::<ReviewEnvelope<IgnoredAny>>(text, body)?;
-            Ok((envelope, Err(format!("cannot read Pod: {pod_error}"))))
+/// Decodes the request and, when it holds a readable Pod, its objects.
+pub fn decode(body: &[u8]) -> Result<(ReviewEnvelope<'_>, Objects<'_>)> {
+    let mut reader = Reader::new(body);
+    let mut api_version = None;
+    let mut kind = None;
+    let mut request = None;
+    let mut objects: Objects = Ok((None, None));
+    reader.object(|r, key| match &*key {
+        b"apiVersion" => set(r, &mut api_version, "apiVersion", Reader::string),
+        b"kind" => set(r, &mut kind, "kind", Reader::string),
+        b"request" => set(r, &mut request, "request", |r| {
+            optional(|r| request_envelope(r, &mut objects))(r)
+        }),
+        _ => r.skip(),
+    })?;
+    reader.end()?;
+    let envelope = ReviewEnvelope {
+        api_version: api_version.unwrap_or_default(),
+        kind: kind.unwrap_or_default(),
+        request: request.flatten(),
+    };
+    Ok((envelope, objects))
+}
+
+fn request_envelope<'a>(
+    r: &mut Reader<'a>,
+    objects: &mut Objects<'a>,
+) -> Result<RequestEnvelope<'a>> {
+    let mut uid = None;
+    let mut kind = None;
+    let mut resource = None;
+    let mut sub_resource = None;
+    let mut name = None;
+    let mut namespace = None;
+    let mut operation = None;
+    let mut dry_run = None;
+    let mut object = None;
+    let mut old_object = None;
+    r.object(|r, key| match &*key {
+        b"uid" => set(r, &mut uid, "uid", Reader::string),
+        b"kind" => set(r, &mut kind, "kind", group_version_kind),
+        // Read only to refuse a request without one, as kube's typed request does.
+        b"resource" => set(r, &mut resource, "resource", group_version_resource),
+        b"subResource" => set(
+            r,
+            &mut sub_resource,
+            "subResource",
+            optional(Reader::string),
+        ),
+        b"name" => set(r, &mut name, "name", Reader::string),
+        b"namespace" => set(r, &mut namespace, "namespace", optional(Reader::string)),
+        b"operation" => set(r, &mut operation, "operation", read_operation),
+        b"dryRun" => set(r, &mut dry_run, "dryRun", Reader::bool),
+        b"object" => set(r, &mut object, "object", pod_or_why),
+        b"oldObject" => set(r, &mut old_object, "oldObject", pod_or_why),
+        _ => r.skip(),
+    })?;
+    let request = RequestEnvelope {
+        uid: required(r, uid, "uid")?,
+        kind: required(r, kind, "kind")?,
+        sub_resource: sub_resource.flatten(),
+        name: name.unwrap_or_default(),
+        namespace: namespace.flatten(),
+        operation: required(r, operation, "operation")?,
+        dry_run: dry_run.unwrap_or_default(),
+    };
+    required(r, resource, "resource")?;
+    *objects = match (object.unwrap_or(Ok(None)), old_object.unwrap_or(Ok(None))) {
+        (Ok(object), Ok(old)) => Ok((object, old)),
+        (Err(why), _) | (_, Err(why)) => Err(why),
+    };
+    Ok(request)
+}
+
+/// Reads one field's value into `slot`; a second value is an error.
+#[inline]
+fn set<'a, T>(
+    r: &mut Reader<'a>,
+    slot: &mut Option<T>,
+    name: &'static str,
+    read: impl FnOnce(&mut Reader<'a>) -> Result<T>,
+) -> Result<()> {
+    if slot.is_some() {
+        return Err(r.error(format!("duplicate field `{name}`")));
+    }
+    *slot = Some(read(r)?);
+    Ok(())
+}
+
+fn required<T>(r: &Reader, value: Option<T>, name: &str) -> Result<T> {
+    value.ok_or_else(|| r.error(format!("missing field `{name}`")))
+}
+
+/// `null` or a value read by `read`.
+#[inline]
+fn optional<'a, T>(
+    read: impl FnOnce(&mut Reader<'a>) -> Result<T>,
+) -> impl FnOnce(&mut Reader<'a>) -> Result<Option<T>> {
+    move |r| {
+        if r.null()? {
+            Ok(None)
+        } else {
+            read(r).map(Some)
         }
     }
 }
 
-/// Parses the body from `text` (the body, already checked as UTF-8) when
-/// there is one, else from the bytes.
-fn parse<'a, T: Deserialize<'a>>(text: Option<&'a str>, body: &'a [u8]) -> serde_json::Result<T> {
-    match text {
-        Some(text) => serde_json::from_str(text),
-        None => serde_json::from_slice(body),
+fn group_version_kind<'a>(r: &mut Reader<'a>) -> Result<GroupVersionKind<'a>> {
+    let (mut group, mut version, mut kind) = (None, None, None);
+    r.object(|r, key| match &*key {
+        b"group" => set(r, &mut group, "group", Reader::string),
+        b"version" => set(r, &mut version, "version", Reader::string),
+        b"kind" => set(r, &mut kind, "kind", Reader::string),
+        _ => r.skip(),
+    })?;
+    required(r, version, "version")?;
+    Ok(GroupVersionKind {
+        group: required(r, group, "group")?,
+        kind: required(r, kind, "kind")?,
+    })
+}
+
+fn group_version_resource(r: &mut Reader) -> Result<()> {
+    let (mut group, mut version, mut resource) = (None, None, None);
+    r.object(|r, key| match &*key {
+        b"group" => set(r, &mut group, "group", Reader::string),
+        b"version" => set(r, &mut version, "version", Reader::string),
+        b"resource" => set(r, &mut resource, "resource", Reader::string),
+        _ => r.skip(),
+    })?;
+    required(r, group, "group")?;
+    required(r, version, "version")?;
+    required(r, resource, "resource")?;
+    Ok(())
+}
+
+fn read_operation(r: &mut Reader) -> Result<Operation> {
+    let text = r.string()?;
+    match &*text {
+        "CREATE" => Ok(Operation::Create),
+        "UPDATE" => Ok(Operation::Update),
+        "DELETE" => Ok(Operation::Delete),
+        "CONNECT" => Ok(Operation::Connect),
+        other => Err(r.error(format!(
+            "unknown operation `{other}`, expected one of CREATE, UPDATE, DELETE, CONNECT"
+        ))),
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn text_borrows_unless_the_string_has_escapes() {
-        let body = br#"["plain", "esc\u0061ped", "tab\t"]"#;
-        let texts: Vec<Text> = serde_json::from_slice(body).unwrap();
-        assert!(matches!(texts[0].0, Cow::Borrowed("plain")));
-        assert!(matches!(&texts[1].0, Cow::Owned(s) if s == "escaped"));
-        assert_eq!(&*texts[2], "tab\t");
-        assert!(serde_json::from_slice::<Text>(b"1").is_err());
-        assert!(serde_json::from_slice::<Text>(b"null").is_err());
+/// The object as a Pod; if it is JSON but not a readable Pod, it is skipped
+/// and the reason kept (the request then fails open). A fault in the JSON
+/// itself is an error of the whole body.
+fn pod_or_why<'a>(r: &mut Reader<'a>) -> Result<std::result::Result<Option<PodView<'a>>, String>> {
+    if r.null()? {
+        return Ok(Ok(None));
     }
+    let start = r.mark();
+    match pod_view(r) {
+        Ok(pod) => Ok(Ok(Some(pod))),
+        Err(why) => {
+            r.rewind(start);
+            r.skip()?;
+            Ok(Err(format!("cannot read Pod: {why}")))
+        }
+    }
+}
+
+/// A Pod's metadata and container lists, the rest skipped.
+pub fn pod_view<'a>(r: &mut Reader<'a>) -> Result<PodView<'a>> {
+    let (mut metadata, mut spec) = (None, None);
+    r.object(|r, key| match &*key {
+        b"metadata" => set(r, &mut metadata, "metadata", meta_view),
+        b"spec" => set(r, &mut spec, "spec", pod_spec_view),
+        _ => r.skip(),
+    })?;
+    Ok(PodView {
+        metadata: metadata.unwrap_or_default(),
+        spec: spec.unwrap_or_default(),
+    })
+}
+
+fn meta_view<'a>(r: &mut Reader<'a>) -> Result<MetaView<'a>> {
+    let (mut name, mut generate_name, mut labels, mut annotations) = (None, None, None, None);
+    r.object(|r, key| match &*key {
+        b"name" => set(r, &mut name, "name", optional(Reader::string)),
+        b"generateName" => set(
+            r,
+            &mut generate_name,
+            "generateName",
+            optional(Reader::string),
+        ),
+        b"labels" => set(r, &mut labels, "labels", optional(picked_map)),
+        b"annotations" => set(r, &mut annotations, "annotations", optional(picked_map)),
+        _ => r.skip(),
+    })?;
+    Ok(MetaView {
+        name: name.flatten(),
+        generate_name: generate_name.flatten(),
+        labels: labels.flatten(),
+        annotations: annotations.flatten(),
+    })
+}
+
+/// A `map[string]string` of which only [`READ_KEYS`] are kept; every value
+/// is still checked to be a string. The last of duplicate keys wins.
+fn picked_map<'a>(r: &mut Reader<'a>) -> Result<PickedMap<'a>> {
+    let mut kept = Vec::new();
+    r.object(|r, key| {
+        let key = key_text(r, key)?;
+        let value = r.string()?;
+        if READ_KEYS.contains(&&*key) {
+            kept.push((key, value));
+        }
+        Ok(())
+    })?;
+    Ok(PickedMap { kept })
+}
+
+/// A map key as text (keys of structs are compared as bytes instead).
+fn key_text<'a>(r: &Reader, key: Key<'a>) -> Result<Text<'a>> {
+    let text = match key {
+        std::borrow::Cow::Borrowed(bytes) => std::str::from_utf8(bytes).ok().map(Into::into),
+        std::borrow::Cow::Owned(bytes) => String::from_utf8(bytes).ok().map(Into::into),
+    };
+    text.map(Text)
+        .ok_or_else(|| r.error("a key that is not UTF-8"))
+}
+
+fn pod_spec_view<'a>(r: &mut Reader<'a>) -> Result<PodSpecView<'a>> {
+    let (mut containers, mut init_containers, mut ephemeral_containers) = (None, None, None);
+    r.object(|r, key| match &*key {
+        b"containers" => set(r, &mut containers, "containers", optional(containers_view)),
+        b"initContainers" => set(
+            r,
+            &mut init_containers,
+            "initContainers",
+            optional(containers_view),
+        ),
+        b"ephemeralContainers" => set(
+            r,
+            &mut ephemeral_containers,
+            "ephemeralContainers",
+            optional(containers_view),
+        ),
+        _ => r.skip(),
+    })?;
+    Ok(PodSpecView {
+        containers: containers.flatten(),
+        init_containers: init_containers.flatten(),
+        ephemeral_containers: ephemeral_containers.flatten(),
+    })
+}
+
+fn containers_view<'a>(r: &mut Reader<'a>) -> Result<Vec<ContainerView<'a>>> {
+    let mut list = Vec::new();
+    r.array(|r| {
+        let (mut name, mut image, mut pull_policy) = (None, None, None);
+        r.object(|r, key| match &*key {
+            b"name" => set(r, &mut name, "name", Reader::string),
+            b"image" => set(r, &mut image, "image", optional(Reader::string)),
+            b"imagePullPolicy" => set(
+                r,
+                &mut pull_policy,
+                "imagePullPolicy",
+                optional(Reader::string),
+            ),
+            _ => r.skip(),
+        })?;
+        list.push(ContainerView {
+            name: name.unwrap_or_default(),
+            image: image.flatten(),
+            image_pull_policy: pull_policy.flatten(),
+        });
+        Ok(())
+    })?;
+    Ok(list)
 }

@@ -17,9 +17,9 @@ pub mod decode;
 mod encode;
 mod json;
 pub mod pod;
+pub mod reader;
 
 use kube::core::admission::Operation;
-use serde::de::IgnoredAny;
 
 use crate::config::{Config, GlobalMode};
 use crate::rules::Swap;
@@ -256,7 +256,7 @@ struct ResponseParts {
 
 /// Is this request ours, and what would change? `None`: allowed untouched.
 fn plan_request<'a>(
-    request: &RequestEnvelope<'a, IgnoredAny>,
+    request: &RequestEnvelope<'a>,
     objects: Objects<'a>,
     config: &Config,
     summary: &mut Summary,

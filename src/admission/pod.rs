@@ -1,8 +1,9 @@
 //! What detour reads of a Pod, what it decides, and the JSON Patch for it.
 //!
-//! Layer: pure core. [`PodView`] decodes only metadata and the image fields
-//! of the three container lists, borrowed from the request body; everything
-//! else in a (possibly megabytes large) Pod is skipped by the parser. Images
+//! Layer: pure core. [`PodView`] holds only metadata and the image fields
+//! of the three container lists, borrowed from the request body
+//! ([`super::decode`] reads them; everything else in a possibly megabytes
+//! large Pod is skipped). Images
 //! are decided through the rule set's decision cache. The patch is written
 //! straight into a buffer: its pointers are fixed tokens plus one constant
 //! whose `/` escape is checked against jsonptr, its values escaped by serde_json.
@@ -10,8 +11,6 @@
 use std::collections::BTreeMap;
 
 use std::sync::Arc;
-
-use serde::Deserialize;
 
 use super::decode::Text;
 use super::json;
@@ -26,63 +25,47 @@ pub const SKIP_LABEL: &str = "detour.dev/skip";
 /// Static Pods' mirror objects: the kubelet rejects changes to them.
 pub const MIRROR_POD_ANNOTATION: &str = "kubernetes.io/config.mirror";
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default)]
 pub struct PodView<'a> {
-    #[serde(default, borrow)]
     pub metadata: MetaView<'a>,
-    #[serde(default, borrow)]
     pub spec: PodSpecView<'a>,
 }
 
 /// The metadata fields detour reads; `managedFields` and the rest are skipped.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, Default)]
 pub struct MetaView<'a> {
-    #[serde(default, borrow)]
     pub name: Option<Text<'a>>,
-    #[serde(default, borrow)]
     pub generate_name: Option<Text<'a>>,
-    #[serde(default, borrow)]
     pub labels: Option<PickedMap<'a>>,
-    #[serde(default, borrow)]
     pub annotations: Option<PickedMap<'a>>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, Default)]
 pub struct PodSpecView<'a> {
-    #[serde(default, borrow)]
     pub containers: Option<Vec<ContainerView<'a>>>,
-    #[serde(default, borrow)]
     pub init_containers: Option<Vec<ContainerView<'a>>>,
-    #[serde(default, borrow)]
     pub ephemeral_containers: Option<Vec<ContainerView<'a>>>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, Default)]
 pub struct ContainerView<'a> {
-    #[serde(default, borrow)]
     pub name: Text<'a>,
-    #[serde(default, borrow)]
     pub image: Option<Text<'a>>,
-    #[serde(default, borrow)]
     pub image_pull_policy: Option<Text<'a>>,
 }
 
 /// The label and annotation keys detour reads.
-const READ_KEYS: [&str; 3] = [
+pub(super) const READ_KEYS: [&str; 3] = [
     SKIP_LABEL,
     MIRROR_POD_ANNOTATION,
     ORIGINAL_IMAGES_ANNOTATION,
 ];
 
 /// A `map[string]string` (labels, annotations) of which only [`READ_KEYS`]
-/// are kept; every value is still checked to be a string. As with any map
-/// decoded by serde, the last of duplicate keys wins.
+/// are kept (in order; the last of duplicate keys wins).
 #[derive(Debug, Clone, Default)]
 pub struct PickedMap<'a> {
-    kept: Vec<(Text<'a>, Text<'a>)>,
+    pub(super) kept: Vec<(Text<'a>, Text<'a>)>,
 }
 
 impl PickedMap<'_> {
@@ -92,32 +75,6 @@ impl PickedMap<'_> {
             .rev()
             .find(|(k, _)| &**k == key)
             .map(|(_, v)| &**v)
-    }
-}
-
-impl<'de: 'a, 'a> Deserialize<'de> for PickedMap<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct PickedVisitor<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> serde::de::Visitor<'de> for PickedVisitor<'a> {
-            type Value = PickedMap<'a>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a map of strings")
-            }
-            fn visit_map<M: serde::de::MapAccess<'de>>(
-                self,
-                mut map: M,
-            ) -> Result<Self::Value, M::Error> {
-                let mut kept = Vec::new();
-                while let Some(key) = map.next_key::<Text<'a>>()? {
-                    let value: Text<'a> = map.next_value()?;
-                    if READ_KEYS.contains(&&*key) {
-                        kept.push((key, value));
-                    }
-                }
-                Ok(PickedMap { kept })
-            }
-        }
-        deserializer.deserialize_map(PickedVisitor(std::marker::PhantomData))
     }
 }
 
@@ -373,6 +330,8 @@ pub fn write_patch(pod: &PodView, plan: &Plan, annotate: bool, out: &mut Vec<u8>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::admission::decode::pod_view;
+    use crate::admission::reader::Reader;
     use json_patch::jsonptr::PointerBuf;
 
     #[test]
@@ -384,7 +343,10 @@ mod tests {
 
     #[test]
     fn picked_maps_keep_only_read_keys_and_the_last_duplicate() {
-        let pod: PodView = serde_json::from_str(
+        fn read(json: &str) -> crate::admission::reader::Result<PodView<'_>> {
+            pod_view(&mut Reader::new(json.as_bytes()))
+        }
+        let pod = read(
             r#"{"metadata": {"labels": {"a": "1", "detour.dev/skip": "false", "detour.dev/skip": "true"},
                 "annotations": {"x": "y"}}}"#,
         )
@@ -393,10 +355,10 @@ mod tests {
         assert_eq!(pod.label("a"), None, "not a key detour reads");
         assert!(pod.metadata.annotations.is_some() && pod.annotation("x").is_none());
         assert!(
-            serde_json::from_str::<PodView>(r#"{"metadata": {"labels": {"a": 1}}}"#).is_err(),
+            read(r#"{"metadata": {"labels": {"a": 1}}}"#).is_err(),
             "label values must be strings"
         );
-        let pod: PodView = serde_json::from_str(r#"{"metadata": {"annotations": null}}"#).unwrap();
+        let pod = read(r#"{"metadata": {"annotations": null}}"#).unwrap();
         assert!(pod.metadata.annotations.is_none());
     }
 }

@@ -1,0 +1,508 @@
+//! A strict, pull-style JSON reader over a request body.
+//!
+//! Layer: pure core. The webhook reads a handful of fields from bodies that
+//! are mostly other things (managed fields, the rest of the spec), so the
+//! decoder ([`super::decode`]) asks this reader for an object's keys, a
+//! string or a bool, and skips every other value. Skipping still checks the
+//! whole grammar (RFC 8259: strings without raw control characters, valid
+//! escapes, number syntax, literals), so a body that is not JSON is refused
+//! wherever the fault is, as serde_json refused it. Skipping does not
+//! recurse (a stack of open brackets instead), so 7 MiB of `[` costs memory
+//! in proportion to the body, never the thread's stack.
+//!
+//! Strings that are read are borrowed from the body unless they hold escapes,
+//! and checked as UTF-8; skipped strings and keys are not decoded at all (as
+//! with serde_json's slice reader, a stray non-UTF-8 byte in a value detour
+//! never reads is not its concern).
+
+use std::borrow::Cow;
+use std::fmt;
+
+/// A JSON string, borrowed from the body when it has no escapes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Text<'a>(pub Cow<'a, str>);
+
+impl std::ops::Deref for Text<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Why a body could not be read, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error {
+    message: Cow<'static, str>,
+    line: usize,
+    column: usize,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} at line {} column {}",
+            self.message, self.line, self.column
+        )
+    }
+}
+
+impl std::error::Error for Error {}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// An object key: the raw bytes between the quotes when they hold no escape
+/// (the common case, compared without decoding), else the decoded text.
+pub type Key<'a> = Cow<'a, [u8]>;
+
+/// A position to come back to (see [`Reader::rewind`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Mark {
+    at: usize,
+}
+
+pub struct Reader<'a> {
+    body: &'a [u8],
+    at: usize,
+    /// The closing brackets of the containers [`Reader::skip`] is inside;
+    /// kept between calls so that its allocation is reused.
+    open: Vec<u8>,
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(body: &'a [u8]) -> Self {
+        Reader {
+            body,
+            at: 0,
+            open: Vec::new(),
+        }
+    }
+
+    /// An error at the current position (line and column counted only now,
+    /// on the error path).
+    pub fn error(&self, message: impl Into<Cow<'static, str>>) -> Error {
+        let before = &self.body[..self.at.min(self.body.len())];
+        let line_start = before
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1);
+        Error {
+            message: message.into(),
+            line: 1 + before.iter().filter(|&&b| b == b'\n').count(),
+            column: before.len() - line_start,
+        }
+    }
+
+    pub fn mark(&self) -> Mark {
+        Mark { at: self.at }
+    }
+
+    pub fn rewind(&mut self, mark: Mark) {
+        self.at = mark.at;
+    }
+
+    #[inline]
+    fn skip_whitespace(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.body.get(self.at) {
+            self.at += 1;
+        }
+    }
+
+    /// The next byte that is not whitespace, not consumed.
+    #[inline]
+    fn peek(&mut self) -> Option<u8> {
+        // The apiserver writes compact JSON: whitespace is the rare case.
+        match self.body.get(self.at) {
+            Some(b' ' | b'\t' | b'\n' | b'\r') => {
+                self.skip_whitespace();
+                self.body.get(self.at).copied()
+            }
+            next => next.copied(),
+        }
+    }
+
+    /// An error for `found` where `expected` was wanted.
+    fn unexpected(&self, expected: &str) -> Error {
+        match self.body.get(self.at) {
+            None => self.error(format!("end of input, expected {expected}")),
+            Some(_) => self.error(format!("expected {expected}")),
+        }
+    }
+
+    #[inline]
+    fn expect(&mut self, byte: u8, what: &str) -> Result<()> {
+        if self.peek() == Some(byte) {
+            self.at += 1;
+            Ok(())
+        } else {
+            Err(self.unexpected(what))
+        }
+    }
+
+    /// Reads an object, calling `field` with each key; `field` reads or
+    /// skips the value.
+    #[inline]
+    pub fn object(
+        &mut self,
+        mut field: impl FnMut(&mut Self, Key<'a>) -> Result<()>,
+    ) -> Result<()> {
+        self.expect(b'{', "an object")?;
+        if self.peek() == Some(b'}') {
+            self.at += 1;
+        } else {
+            loop {
+                if self.peek() != Some(b'"') {
+                    return Err(self.unexpected("a key (a string)"));
+                }
+                let key = self.raw_string()?;
+                self.expect(b':', "`:`")?;
+                field(self, key)?;
+                match self.peek() {
+                    Some(b',') => self.at += 1,
+                    Some(b'}') => {
+                        self.at += 1;
+                        break;
+                    }
+                    _ => return Err(self.unexpected("`,` or `}`")),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads an array, calling `item` for each element.
+    #[inline]
+    pub fn array(&mut self, mut item: impl FnMut(&mut Self) -> Result<()>) -> Result<()> {
+        self.expect(b'[', "an array")?;
+        if self.peek() == Some(b']') {
+            self.at += 1;
+        } else {
+            loop {
+                item(self)?;
+                match self.peek() {
+                    Some(b',') => self.at += 1,
+                    Some(b']') => {
+                        self.at += 1;
+                        break;
+                    }
+                    _ => return Err(self.unexpected("`,` or `]`")),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Consumes a `null` if one comes next.
+    #[inline]
+    pub fn null(&mut self) -> Result<bool> {
+        if self.peek() == Some(b'n') {
+            self.literal(b"null")?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    pub fn bool(&mut self) -> Result<bool> {
+        match self.peek() {
+            Some(b't') => self.literal(b"true").map(|()| true),
+            Some(b'f') => self.literal(b"false").map(|()| false),
+            _ => Err(self.unexpected("a boolean")),
+        }
+    }
+
+    /// Reads a string, decoded and checked as UTF-8.
+    #[inline]
+    pub fn string(&mut self) -> Result<Text<'a>> {
+        if self.peek() != Some(b'"') {
+            return Err(self.unexpected("a string"));
+        }
+        let start = self.at;
+        let raw = self.raw_string()?;
+        let text = match raw {
+            Cow::Borrowed(bytes) => std::str::from_utf8(bytes).map(Cow::Borrowed),
+            Cow::Owned(bytes) => String::from_utf8(bytes)
+                .map(Cow::Owned)
+                .map_err(|e| e.utf8_error()),
+        };
+        match text {
+            Ok(text) => Ok(Text(text)),
+            Err(_) => {
+                self.at = start;
+                Err(self.error("a string that is not UTF-8"))
+            }
+        }
+    }
+
+    /// Skips one value of any kind, checking its grammar.
+    pub fn skip(&mut self) -> Result<()> {
+        let skipped = self.skip_value();
+        self.open.clear();
+        skipped
+    }
+
+    fn skip_value(&mut self) -> Result<()> {
+        loop {
+            // A value.
+            match self.peek() {
+                Some(b'"') => {
+                    self.at += 1;
+                    self.scan_string()?;
+                }
+                Some(open @ (b'{' | b'[')) => {
+                    self.at += 1;
+                    let close = if open == b'{' { b'}' } else { b']' };
+                    if self.peek() == Some(close) {
+                        self.at += 1;
+                    } else {
+                        self.open.push(close);
+                        if close == b'}' {
+                            self.skip_key()?;
+                        }
+                        continue;
+                    }
+                }
+                Some(b't') => self.literal(b"true")?,
+                Some(b'f') => self.literal(b"false")?,
+                Some(b'n') => self.literal(b"null")?,
+                Some(b'-' | b'0'..=b'9') => self.number()?,
+                _ => return Err(self.unexpected("a value")),
+            }
+            // What follows it: the next element, or the end of containers.
+            loop {
+                let Some(&close) = self.open.last() else {
+                    return Ok(());
+                };
+                match self.peek() {
+                    Some(b',') => {
+                        self.at += 1;
+                        if close == b'}' {
+                            self.skip_key()?;
+                        }
+                        break;
+                    }
+                    Some(c) if c == close => {
+                        self.at += 1;
+                        self.open.pop();
+                    }
+                    _ if close == b'}' => return Err(self.unexpected("`,` or `}`")),
+                    _ => return Err(self.unexpected("`,` or `]`")),
+                }
+            }
+        }
+    }
+
+    /// Skips an object key and its `:`.
+    fn skip_key(&mut self) -> Result<()> {
+        if self.peek() != Some(b'"') {
+            return Err(self.unexpected("a key (a string)"));
+        }
+        self.at += 1;
+        self.scan_string()?;
+        self.expect(b':', "`:`")
+    }
+
+    /// Checks that nothing but whitespace follows.
+    pub fn end(&mut self) -> Result<()> {
+        match self.peek() {
+            None => Ok(()),
+            Some(_) => Err(self.error("trailing characters")),
+        }
+    }
+
+    fn literal(&mut self, word: &'static [u8]) -> Result<()> {
+        if self.body[self.at..].starts_with(word) {
+            self.at += word.len();
+            Ok(())
+        } else {
+            Err(self.error("expected a value"))
+        }
+    }
+
+    fn number(&mut self) -> Result<()> {
+        let digits = |reader: &mut Self| {
+            let start = reader.at;
+            while let Some(b'0'..=b'9') = reader.body.get(reader.at) {
+                reader.at += 1;
+            }
+            if reader.at == start {
+                Err(reader.error("invalid number"))
+            } else {
+                Ok(())
+            }
+        };
+        if self.body.get(self.at) == Some(&b'-') {
+            self.at += 1;
+        }
+        if self.body.get(self.at) == Some(&b'0') {
+            self.at += 1;
+            if let Some(b'0'..=b'9') = self.body.get(self.at) {
+                return Err(self.error("invalid number (leading zero)"));
+            }
+        } else {
+            digits(self)?;
+        }
+        if self.body.get(self.at) == Some(&b'.') {
+            self.at += 1;
+            digits(self)?;
+        }
+        if let Some(b'e' | b'E') = self.body.get(self.at) {
+            self.at += 1;
+            if let Some(b'+' | b'-') = self.body.get(self.at) {
+                self.at += 1;
+            }
+            digits(self)?;
+        }
+        Ok(())
+    }
+
+    /// Reads the string that starts at the current `"`: its raw bytes when
+    /// it has no escapes, else its decoded bytes (not yet checked as UTF-8).
+    #[inline]
+    fn raw_string(&mut self) -> Result<Key<'a>> {
+        self.at += 1;
+        let start = self.at;
+        let escaped = self.scan_string()?;
+        let raw = &self.body[start..self.at - 1];
+        if !escaped {
+            return Ok(Cow::Borrowed(raw));
+        }
+        unescape(raw).map(Cow::Owned).map_err(|message| {
+            self.at = start;
+            self.error(message)
+        })
+    }
+
+    /// Moves past the closing quote of a string whose opening quote is
+    /// consumed, checking it; says whether it holds escapes.
+    #[inline]
+    fn scan_string(&mut self) -> Result<bool> {
+        let mut escaped = false;
+        loop {
+            self.at = special_byte(self.body, self.at);
+            match self.body.get(self.at) {
+                Some(b'"') => {
+                    self.at += 1;
+                    return Ok(escaped);
+                }
+                Some(b'\\') => {
+                    escaped = true;
+                    self.at += 1;
+                    self.scan_escape()?;
+                }
+                Some(_) => return Err(self.error("control character in a string")),
+                None => return Err(self.error("end of input in a string")),
+            }
+        }
+    }
+
+    /// Checks the escape after a `\` (its code points are checked only when
+    /// the string is decoded).
+    fn scan_escape(&mut self) -> Result<()> {
+        match self.body.get(self.at) {
+            Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => {
+                self.at += 1;
+                Ok(())
+            }
+            Some(b'u') => match self.body.get(self.at + 1..self.at + 5) {
+                Some(hex) if hex.iter().all(u8::is_ascii_hexdigit) => {
+                    self.at += 5;
+                    Ok(())
+                }
+                _ => Err(self.error("invalid \\u escape")),
+            },
+            _ => Err(self.error("invalid escape")),
+        }
+    }
+}
+
+/// The index of the first `"`, `\` or control character at or after `from`
+/// (or the body's length): the end of the plain run in a string.
+///
+/// Eight bytes at a time, with the classic has-zero-byte test
+/// (`(x - 0x01..) & !x & 0x80..` marks the bytes of `x` that are zero; the
+/// lowest mark is always a true one, so `trailing_zeros` finds the first).
+#[inline]
+fn special_byte(body: &[u8], from: usize) -> usize {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    let zero_bytes = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    let mut at = from;
+    while let Some(chunk) = body.get(at..at + 8) {
+        let mut word = [0; 8];
+        word.copy_from_slice(chunk);
+        let x = u64::from_le_bytes(word);
+        let marks = zero_bytes(x ^ (ONES * u64::from(b'"')))
+            | zero_bytes(x ^ (ONES * u64::from(b'\\')))
+            // Bytes below 0x20: subtracting 0x20 borrows from bit 7.
+            | (x.wrapping_sub(ONES * 0x20) & !x & HIGH);
+        if marks != 0 {
+            return at + (marks.trailing_zeros() / 8) as usize;
+        }
+        at += 8;
+    }
+    while let Some(&b) = body.get(at) {
+        if b == b'"' || b == b'\\' || b < 0x20 {
+            break;
+        }
+        at += 1;
+    }
+    at
+}
+
+/// Decodes the escapes of a checked string's raw bytes.
+fn unescape(raw: &[u8]) -> std::result::Result<Vec<u8>, &'static str> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut rest = raw;
+    while let Some(at) = rest.iter().position(|&b| b == b'\\') {
+        out.extend_from_slice(&rest[..at]);
+        let (escape, after) = rest[at + 1..].split_first().ok_or("invalid escape")?;
+        rest = after;
+        let byte = match escape {
+            b'"' => b'"',
+            b'\\' => b'\\',
+            b'/' => b'/',
+            b'b' => 0x08,
+            b'f' => 0x0c,
+            b'n' => b'\n',
+            b'r' => b'\r',
+            b't' => b'\t',
+            b'u' => {
+                let (unit, after) = hex4(rest)?;
+                rest = after;
+                let c = match unit {
+                    0xd800..=0xdbff => {
+                        let low = rest
+                            .strip_prefix(b"\\u")
+                            .ok_or("lone leading surrogate in a \\u escape")?;
+                        let (low, after) = hex4(low)?;
+                        if !(0xdc00..=0xdfff).contains(&low) {
+                            return Err("lone leading surrogate in a \\u escape");
+                        }
+                        rest = after;
+                        0x10000 + ((unit - 0xd800) << 10) + (low - 0xdc00)
+                    }
+                    0xdc00..=0xdfff => return Err("lone trailing surrogate in a \\u escape"),
+                    unit => unit,
+                };
+                let c = char::from_u32(c).ok_or("invalid \\u escape")?;
+                out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
+                continue;
+            }
+            _ => return Err("invalid escape"),
+        };
+        out.push(byte);
+    }
+    out.extend_from_slice(rest);
+    Ok(out)
+}
+
+/// Four hex digits as a code unit, and what follows them.
+fn hex4(bytes: &[u8]) -> std::result::Result<(u32, &[u8]), &'static str> {
+    let hex = bytes.get(..4).ok_or("invalid \\u escape")?;
+    let text = std::str::from_utf8(hex).map_err(|_| "invalid \\u escape")?;
+    let unit = u32::from_str_radix(text, 16).map_err(|_| "invalid \\u escape")?;
+    Ok((unit, &bytes[4..]))
+}
+
+#[cfg(test)]
+mod tests;
