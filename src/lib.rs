@@ -15,6 +15,7 @@ pub mod commands;
 pub mod config;
 pub mod duration;
 pub mod explain;
+pub mod log_format;
 pub mod log_writer;
 pub mod managed_certs;
 pub mod manifest;

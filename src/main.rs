@@ -230,7 +230,11 @@ fn init_logging(format: LogFormat) -> detour::log_writer::FlushGuard {
         .with_env_filter(filter)
         .with_writer(writer);
     match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
+        // The stock JSON formatter's lines, written faster (log_format).
+        LogFormat::Json => builder
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .event_format(detour::log_format::JsonLines::default())
+            .init(),
         LogFormat::Text => builder
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init(),

@@ -5,12 +5,17 @@
 //! serde-encoded response for a corpus of Pods); only the structure around
 //! them, which is fixed, is written here.
 
+/// Whether serde_json would escape anything in `text`: it escapes exactly
+/// `"`, `\` and control characters, and most of what detour writes
+/// (references, names, pointers, log fields) has none; a scan for them is
+/// much faster than escaping byte by byte.
+pub fn needs_escape(text: &str) -> bool {
+    text.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20)
+}
+
 /// Appends `text` as a JSON string, escaped.
 pub fn string(out: &mut Vec<u8>, text: &str) {
-    // serde_json escapes exactly `"`, `\` and control characters; most of
-    // what detour writes (references, names, pointers) has none, and a scan
-    // for them is much faster than escaping byte by byte.
-    if !text.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+    if !needs_escape(text) {
         out.reserve(text.len() + 2);
         out.push(b'"');
         out.extend_from_slice(text.as_bytes());

@@ -15,7 +15,7 @@
 
 pub mod decode;
 mod encode;
-mod json;
+pub(crate) mod json;
 pub mod pod;
 pub mod reader;
 
