@@ -293,15 +293,18 @@ pub fn write_patch(pod: &PodView, plan: &Plan, annotate: bool, out: &mut Vec<u8>
             .annotation(ORIGINAL_IMAGES_ANNOTATION)
             .and_then(|text| serde_json::from_str(text).ok())
             .unwrap_or_default();
-        let mut originals: BTreeMap<&str, &str> = earlier
+        // Sorted by container name, as a map; the first entry of a name wins.
+        let mut originals: Vec<(&str, &str)> = earlier
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
+            .chain(
+                plan.changes
+                    .iter()
+                    .map(|c| (c.container.as_str(), c.from.as_str())),
+            )
             .collect();
-        for c in &plan.changes {
-            originals.entry(&c.container).or_insert(&c.from);
-        }
-        // A map of strings always serializes.
-        let encoded = serde_json::to_string(&originals).unwrap_or_default();
+        originals.sort_by(|a, b| a.0.cmp(b.0));
+        originals.dedup_by(|later, first| later.0 == first.0);
         let (op, path) = match &pod.metadata.annotations {
             None => ("add", "/metadata/annotations"),
             Some(map) if map.get(ORIGINAL_IMAGES_ANNOTATION).is_some() => {
@@ -317,10 +320,10 @@ pub fn write_patch(pod: &PodView, plan: &Plan, annotate: bool, out: &mut Vec<u8>
         if pod.metadata.annotations.is_none() {
             out.push(b'{');
             json::key(out, ORIGINAL_IMAGES_ANNOTATION);
-            json::string(out, &encoded);
+            json::object_as_string(out, &originals);
             out.push(b'}');
         } else {
-            json::string(out, &encoded);
+            json::object_as_string(out, &originals);
         }
         out.push(b'}');
     }
