@@ -248,7 +248,7 @@ fn record(metrics: &Metrics, s: &Summary) {
     for c in &s.changes {
         match per_rule.iter_mut().find(|(rule, _)| *rule == c.rule) {
             Some((_, n)) => *n += 1,
-            None => per_rule.push((&c.rule, 1)),
+            None => per_rule.push((c.rule, 1)),
         }
     }
     for (rule, n) in per_rule {
@@ -276,9 +276,9 @@ fn record(metrics: &Metrics, s: &Summary) {
             // then escapes each once, without a formatting adapter.
             let changes = ChangeList(&s.changes).to_string();
             tracing::info!(
-                uid = s.uid.as_str(),
-                namespace = s.namespace.as_str(),
-                name = s.name.as_str(),
+                uid = &*s.uid,
+                namespace = &*s.namespace,
+                name = &*s.name,
                 mode,
                 dry_run = s.dry_run,
                 outcome = s.disposition.label(),
@@ -301,7 +301,7 @@ fn record(metrics: &Metrics, s: &Summary) {
 /// `[container: from -> to (rule), ...]`, written straight into the log line.
 /// (Container names are DNS labels and references are valid ones, so there
 /// is nothing to quote.)
-struct ChangeList<'a>(&'a [ImageChange]);
+struct ChangeList<'a>(&'a [ImageChange<'a>]);
 
 impl std::fmt::Display for ChangeList<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -316,7 +316,7 @@ impl std::fmt::Display for ChangeList<'_> {
             f.write_str(" -> ")?;
             f.write_str(&c.to)?;
             f.write_str(" (")?;
-            f.write_str(&c.rule)?;
+            f.write_str(c.rule)?;
             f.write_str(")")?;
         }
         f.write_str("]")

@@ -88,29 +88,34 @@ impl Disposition {
 }
 
 #[derive(Debug, Clone)]
-pub struct Summary {
-    pub uid: String,
-    pub namespace: String,
-    pub name: String,
+/// Borrowed from the request body and the config.
+pub struct Summary<'a> {
+    pub uid: Text<'a>,
+    pub namespace: Text<'a>,
+    pub name: Text<'a>,
     pub mode: Mode,
     pub dry_run: bool,
     pub disposition: Disposition,
     /// Rewrites applied (enforce) or reported (audit).
-    pub changes: Vec<ImageChange>,
+    pub changes: Vec<ImageChange<'a>>,
     /// `swap: if-present` rewrites held back because the mirror lacks the image.
-    pub deferred: Vec<ImageChange>,
-    pub skipped: Vec<ContainerSkip>,
+    pub deferred: Vec<ImageChange<'a>>,
+    pub skipped: Vec<ContainerSkip<'a>>,
 }
 
-pub struct Reviewed {
+pub struct Reviewed<'a> {
     /// The serialized AdmissionReview response.
     pub body: Vec<u8>,
-    pub summary: Summary,
+    pub summary: Summary<'a>,
 }
 
 /// Answers one AdmissionReview body, with no knowledge of what the mirror
 /// holds (`swap: if-present` changes are then left out).
-pub fn review(body: &[u8], path_mode: Mode, config: &Config) -> Result<Reviewed, ReviewError> {
+pub fn review<'a>(
+    body: &'a [u8],
+    path_mode: Mode,
+    config: &'a Config,
+) -> Result<Reviewed<'a>, ReviewError> {
     Ok(prepare(body, path_mode, config)?.finish(&|_| false))
 }
 
@@ -119,7 +124,7 @@ pub fn review(body: &[u8], path_mode: Mode, config: &Config) -> Result<Reviewed,
 pub struct Prepared<'a> {
     api_version: Text<'a>,
     kind: Text<'a>,
-    summary: Summary,
+    summary: Summary<'a>,
     work: Work<'a>,
 }
 
@@ -130,7 +135,7 @@ enum Work<'a> {
     Failed(String),
     Pod {
         pod: PodView<'a>,
-        plan: Plan,
+        plan: Plan<'a>,
         scope: Scope,
     },
 }
@@ -139,7 +144,7 @@ enum Work<'a> {
 pub fn prepare<'a>(
     body: &'a [u8],
     path_mode: Mode,
-    config: &Config,
+    config: &'a Config,
 ) -> Result<Prepared<'a>, ReviewError> {
     let (envelope, objects) =
         decode::decode(body).map_err(|e| ReviewError::Malformed(e.to_string()))?;
@@ -149,9 +154,9 @@ pub fn prepare<'a>(
         GlobalMode::Enforce => path_mode,
     };
     let mut summary = Summary {
-        uid: request.uid.to_string(),
-        namespace: request.namespace.as_deref().unwrap_or_default().to_string(),
-        name: request.name.to_string(),
+        uid: request.uid.clone(),
+        namespace: request.namespace.clone().unwrap_or_default(),
+        name: request.name.clone(),
         mode,
         dry_run: request.dry_run,
         disposition: Disposition::NotHandled,
@@ -178,7 +183,7 @@ pub fn prepare<'a>(
     })
 }
 
-impl Prepared<'_> {
+impl<'a> Prepared<'a> {
     /// Rewritten references whose rule swaps only when the mirror has them.
     pub fn lookups(&self) -> Vec<&str> {
         let Work::Pod { plan, .. } = &self.work else {
@@ -205,7 +210,7 @@ impl Prepared<'_> {
 
     /// Builds the response; `present(to)` says whether the mirror has a
     /// reference that [`Prepared::lookups`] listed.
-    pub fn finish(self, present: &dyn Fn(&str) -> bool) -> Reviewed {
+    pub fn finish(self, present: &dyn Fn(&str) -> bool) -> Reviewed<'a> {
         let Prepared {
             api_version,
             kind,
@@ -258,9 +263,9 @@ struct ResponseParts {
 fn plan_request<'a>(
     request: &RequestEnvelope<'a>,
     objects: Objects<'a>,
-    config: &Config,
-    summary: &mut Summary,
-) -> Result<Option<(PodView<'a>, Plan, Scope)>, String> {
+    config: &'a Config,
+    summary: &mut Summary<'a>,
+) -> Result<Option<(PodView<'a>, Plan<'a>, Scope)>, String> {
     let is_pod = request.kind.group.is_empty() && &*request.kind.kind == "Pod";
     let scope = match (is_pod, &request.operation, request.sub_resource.as_deref()) {
         (true, Operation::Create, None) => Scope::Create,
@@ -270,7 +275,7 @@ fn plan_request<'a>(
     let (pod, old) = objects?;
     let pod = pod.ok_or("request has no object")?;
     if summary.name.is_empty() {
-        summary.name = pod.display_name().to_string();
+        summary.name = pod.display_name();
     }
     let plan = pod::plan(&pod, old.as_ref(), scope, config);
     if let Some(skip) = plan.pod_skip {
@@ -280,12 +285,12 @@ fn plan_request<'a>(
     Ok(Some((pod, plan, scope)))
 }
 
-fn respond(
+fn respond<'a>(
     pod: &PodView,
-    mut plan: Plan,
+    mut plan: Plan<'a>,
     scope: Scope,
     present: &dyn Fn(&str) -> bool,
-    summary: &mut Summary,
+    summary: &mut Summary<'a>,
 ) -> ResponseParts {
     let mode = summary.mode;
     let mut parts = ResponseParts::default();
@@ -298,7 +303,7 @@ fn respond(
         }
     }
     // `swap: if-present`: the original image stays until the mirror has it.
-    let (deferred, applied): (Vec<ImageChange>, Vec<ImageChange>) = plan
+    let (deferred, applied): (Vec<ImageChange<'a>>, Vec<ImageChange<'a>>) = plan
         .changes
         .into_iter()
         .partition(|c| c.mirror.swap == Swap::IfPresent && !present(&c.to));
@@ -357,10 +362,10 @@ fn audit_report(changes: &[ImageChange]) -> String {
         }
         out.push(b'{');
         for (i, (key, value)) in [
-            ("container", c.container.as_str()),
+            ("container", &*c.container),
             ("from", &c.from),
             ("to", &c.to),
-            ("rule", &c.rule),
+            ("rule", c.rule),
         ]
         .into_iter()
         .enumerate()

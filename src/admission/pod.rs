@@ -113,12 +113,12 @@ impl<'a> PodView<'a> {
     }
 
     /// `name`, or `generateName` for controller-made Pods, or `-`.
-    pub fn display_name(&self) -> &str {
+    pub fn display_name(&self) -> Text<'a> {
         self.metadata
             .name
-            .as_deref()
-            .or(self.metadata.generate_name.as_deref())
-            .unwrap_or("-")
+            .clone()
+            .or_else(|| self.metadata.generate_name.clone())
+            .unwrap_or(Text(std::borrow::Cow::Borrowed("-")))
     }
 
     fn annotation(&self, key: &str) -> Option<&str> {
@@ -142,14 +142,15 @@ pub enum Scope {
 
 /// One image detour rewrites (or, in audit mode, would rewrite).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ImageChange {
+pub struct ImageChange<'a> {
     pub list: ContainerList,
     pub index: usize,
-    pub container: String,
-    pub from: String,
+    pub container: Text<'a>,
+    pub from: Text<'a>,
     /// Shared with the rule set's decision cache.
     pub to: Arc<str>,
-    pub rule: String,
+    /// The rule's name, borrowed from the config.
+    pub rule: &'a str,
     /// The rule's pre-mirroring settings.
     pub mirror: MirrorPolicy,
 }
@@ -172,9 +173,9 @@ impl PodSkip {
 
 /// A container left alone for a reason worth logging.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ContainerSkip {
-    pub container: String,
-    pub image: String,
+pub struct ContainerSkip<'a> {
+    pub container: Text<'a>,
+    pub image: Text<'a>,
     pub kind: ContainerSkipKind,
     pub reason: String,
 }
@@ -187,14 +188,19 @@ pub enum ContainerSkipKind {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Plan {
+pub struct Plan<'a> {
     pub pod_skip: Option<PodSkip>,
-    pub changes: Vec<ImageChange>,
-    pub skipped: Vec<ContainerSkip>,
+    pub changes: Vec<ImageChange<'a>>,
+    pub skipped: Vec<ContainerSkip<'a>>,
 }
 
 /// Decides what to change in `pod`.
-pub fn plan(pod: &PodView, old: Option<&PodView>, scope: Scope, config: &Config) -> Plan {
+pub fn plan<'a>(
+    pod: &PodView<'a>,
+    old: Option<&PodView>,
+    scope: Scope,
+    config: &'a Config,
+) -> Plan<'a> {
     let mut plan = Plan::default();
     if pod.annotation(MIRROR_POD_ANNOTATION).is_some() {
         plan.pod_skip = Some(PodSkip::MirrorPod);
@@ -222,15 +228,15 @@ pub fn plan(pod: &PodView, old: Option<&PodView>, scope: Scope, config: &Config)
             if existing.contains(&&*container.name) {
                 continue;
             }
-            let Some(image) = container.image.as_deref() else {
+            let Some(image) = &container.image else {
                 continue;
             };
             if container.image_pull_policy.as_deref() == Some("Never")
                 && config.pull_policy_never == NeverPolicy::Skip
             {
                 plan.skipped.push(ContainerSkip {
-                    container: container.name.to_string(),
-                    image: image.to_string(),
+                    container: container.name.clone(),
+                    image: image.clone(),
                     kind: ContainerSkipKind::PullPolicyNever,
                     reason: "imagePullPolicy is Never: the image must already be on the node under this name".into(),
                 });
@@ -242,16 +248,16 @@ pub fn plan(pod: &PodView, old: Option<&PodView>, scope: Scope, config: &Config)
                     plan.changes.push(ImageChange {
                         list,
                         index,
-                        container: container.name.to_string(),
-                        from: image.to_string(),
+                        container: container.name.clone(),
+                        from: image.clone(),
                         to,
-                        rule: rule.name.clone(),
+                        rule: &rule.name,
                         mirror: rule.mirror,
                     })
                 }
                 Decision::Invalid(e) => plan.skipped.push(ContainerSkip {
-                    container: container.name.to_string(),
-                    image: image.to_string(),
+                    container: container.name.clone(),
+                    image: image.clone(),
                     kind: ContainerSkipKind::InvalidReference,
                     reason: format!("not a valid image reference, allowed unchanged: {e}"),
                 }),
@@ -297,11 +303,7 @@ pub fn write_patch(pod: &PodView, plan: &Plan, annotate: bool, out: &mut Vec<u8>
         let mut originals: Vec<(&str, &str)> = earlier
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
-            .chain(
-                plan.changes
-                    .iter()
-                    .map(|c| (c.container.as_str(), c.from.as_str())),
-            )
+            .chain(plan.changes.iter().map(|c| (&*c.container, &*c.from)))
             .collect();
         originals.sort_by(|a, b| a.0.cmp(b.0));
         originals.dedup_by(|later, first| later.0 == first.0);

@@ -23,8 +23,11 @@ fn with_images(images: &[(&str, &str)]) -> Vec<u8> {
     })
 }
 
-fn answer(body: &[u8], mode: Mode) -> (Value, Summary) {
-    let reviewed = review(body, mode, &Config::embedded_default()).expect("readable review");
+fn answer(body: &[u8], mode: Mode) -> (Value, Summary<'static>) {
+    static CONFIG: std::sync::LazyLock<Config> = std::sync::LazyLock::new(Config::embedded_default);
+    // The summary borrows the body and the config: both kept for the tests' life.
+    let body: &'static [u8] = Box::leak(body.into());
+    let reviewed = review(body, mode, &CONFIG).expect("readable review");
     (
         serde_json::from_slice(&reviewed.body).unwrap(),
         reviewed.summary,
@@ -106,12 +109,8 @@ fn global_audit_mode_overrides_the_enforce_path() {
         "t",
     )
     .unwrap();
-    let reviewed = review(
-        &with_images(&[("a", "quay.io/x/y")]),
-        Mode::Enforce,
-        &config,
-    )
-    .unwrap();
+    let body = with_images(&[("a", "quay.io/x/y")]);
+    let reviewed = review(&body, Mode::Enforce, &config).unwrap();
     let resp: Value = serde_json::from_slice(&reviewed.body).unwrap();
     assert!(resp["response"].get("patch").is_none());
     assert_eq!(reviewed.summary.mode, Mode::Audit);

@@ -96,7 +96,12 @@ impl PodView {
 }
 
 /// Decides what to change in `pod`.
-pub fn plan(pod: &PodView, old: Option<&PodView>, scope: Scope, config: &Config) -> Plan {
+pub fn plan<'c>(
+    pod: &PodView,
+    old: Option<&PodView>,
+    scope: Scope,
+    config: &'c Config,
+) -> Plan<'c> {
     let mut plan = Plan::default();
     if pod.annotation(MIRROR_POD_ANNOTATION).is_some() {
         plan.pod_skip = Some(PodSkip::MirrorPod);
@@ -130,8 +135,8 @@ pub fn plan(pod: &PodView, old: Option<&PodView>, scope: Scope, config: &Config)
                 && config.pull_policy_never == NeverPolicy::Skip
             {
                 plan.skipped.push(ContainerSkip {
-                    container: container.name.clone(),
-                    image: image.to_string(),
+                    container: container.name.clone().into(),
+                    image: image.to_string().into(),
                     kind: ContainerSkipKind::PullPolicyNever,
                     reason: "imagePullPolicy is Never: the image must already be on the node under this name".into(),
                 });
@@ -141,15 +146,15 @@ pub fn plan(pod: &PodView, old: Option<&PodView>, scope: Scope, config: &Config)
                 Outcome::Rewritten { to, rule, .. } => plan.changes.push(ImageChange {
                     list,
                     index,
-                    container: container.name.clone(),
-                    from: image.to_string(),
+                    container: container.name.clone().into(),
+                    from: image.to_string().into(),
                     to: to.to_string().into(),
-                    rule: rule.name.clone(),
+                    rule: &rule.name,
                     mirror: rule.mirror,
                 }),
                 Outcome::Invalid(e) => plan.skipped.push(ContainerSkip {
-                    container: container.name.clone(),
-                    image: image.to_string(),
+                    container: container.name.clone().into(),
+                    image: image.to_string().into(),
                     kind: ContainerSkipKind::InvalidReference,
                     reason: format!("not a valid image reference, allowed unchanged: {e}"),
                 }),
@@ -186,8 +191,8 @@ pub fn patch(pod: &PodView, plan: &Plan, annotate: bool) -> Patch {
             .unwrap_or_default();
         for c in &plan.changes {
             originals
-                .entry(c.container.clone())
-                .or_insert_with(|| c.from.clone());
+                .entry(c.container.to_string())
+                .or_insert_with(|| c.from.to_string());
         }
         let encoded = serde_json::to_string(&originals).unwrap_or_default();
         let key_path =
@@ -293,32 +298,40 @@ fn decode(body: &[u8]) -> Result<(ReviewEnvelope<IgnoredAny>, Objects), ReviewEr
 
 /// Answers one AdmissionReview body, with no knowledge of what the mirror
 /// holds (`swap: if-present` changes are then left out).
-pub fn review(body: &[u8], path_mode: Mode, config: &Config) -> Result<Reviewed, ReviewError> {
+pub fn review<'c>(
+    body: &[u8],
+    path_mode: Mode,
+    config: &'c Config,
+) -> Result<Reviewed<'c>, ReviewError> {
     Ok(prepare(body, path_mode, config)?.finish(&|_| false))
 }
 
 /// A decoded request with its plan, waiting for the answers to
 /// [`Prepared::lookups`] before the response is built.
-pub struct Prepared {
+pub struct Prepared<'c> {
     allowed: AdmissionResponse,
-    summary: Summary,
-    work: Work,
+    summary: Summary<'c>,
+    work: Work<'c>,
 }
 
 // One value per request, moved once: boxing the Pod would only add an allocation.
 #[allow(clippy::large_enum_variant)]
-enum Work {
+enum Work<'c> {
     Nothing,
     Failed(String),
     Pod {
         pod: PodView,
-        plan: Plan,
+        plan: Plan<'c>,
         scope: Scope,
     },
 }
 
 /// Decodes a body and plans the rewrite; no response yet.
-pub fn prepare(body: &[u8], path_mode: Mode, config: &Config) -> Result<Prepared, ReviewError> {
+pub fn prepare<'c>(
+    body: &[u8],
+    path_mode: Mode,
+    config: &'c Config,
+) -> Result<Prepared<'c>, ReviewError> {
     let (envelope, objects) = decode(body)?;
     let request = envelope.request.ok_or(ReviewError::MissingRequest)?;
     let mode = match config.mode {
@@ -347,9 +360,9 @@ pub fn prepare(body: &[u8], path_mode: Mode, config: &Config) -> Result<Prepared
         options: None,
     };
     let mut summary = Summary {
-        uid: request.uid.clone(),
-        namespace: request.namespace.clone().unwrap_or_default(),
-        name: request.name.clone(),
+        uid: request.uid.clone().into(),
+        namespace: request.namespace.clone().unwrap_or_default().into(),
+        name: request.name.clone().into(),
         mode,
         dry_run: request.dry_run,
         disposition: Disposition::NotHandled,
@@ -376,7 +389,7 @@ pub fn prepare(body: &[u8], path_mode: Mode, config: &Config) -> Result<Prepared
     })
 }
 
-impl Prepared {
+impl<'c> Prepared<'c> {
     /// Rewritten references whose rule swaps only when the mirror has them.
     pub fn lookups(&self) -> Vec<&str> {
         let Work::Pod { plan, .. } = &self.work else {
@@ -403,7 +416,7 @@ impl Prepared {
 
     /// Builds the response; `present(to)` says whether the mirror has a
     /// reference that [`Prepared::lookups`] listed.
-    pub fn finish(self, present: &dyn Fn(&str) -> bool) -> Reviewed {
+    pub fn finish(self, present: &dyn Fn(&str) -> bool) -> Reviewed<'c> {
         let Prepared {
             allowed,
             mut summary,
@@ -465,12 +478,12 @@ impl ResponseParts {
 }
 
 /// Is this request ours, and what would change? `None`: allowed untouched.
-fn plan_request(
+fn plan_request<'c>(
     request: &RequestEnvelope<IgnoredAny>,
     objects: Objects,
-    config: &Config,
-    summary: &mut Summary,
-) -> Result<Option<(PodView, Plan, Scope)>, String> {
+    config: &'c Config,
+    summary: &mut Summary<'c>,
+) -> Result<Option<(PodView, Plan<'c>, Scope)>, String> {
     let is_pod = request.kind.group.is_empty() && request.kind.kind == "Pod";
     let scope = match (is_pod, &request.operation, request.sub_resource.as_deref()) {
         (true, Operation::Create, None) => Scope::Create,
@@ -480,9 +493,9 @@ fn plan_request(
     let (pod, old) = objects?;
     let pod = pod.ok_or("request has no object")?;
     if summary.name.is_empty() {
-        summary.name = pod.display_name().to_string();
+        summary.name = pod.display_name().to_string().into();
     }
-    let plan: Plan = plan(&pod, old.as_ref(), scope, config);
+    let plan: Plan<'c> = plan(&pod, old.as_ref(), scope, config);
     if let Some(skip) = plan.pod_skip {
         summary.disposition = Disposition::Skipped(skip);
         return Ok(None);
@@ -490,12 +503,12 @@ fn plan_request(
     Ok(Some((pod, plan, scope)))
 }
 
-fn respond(
+fn respond<'c>(
     pod: &PodView,
-    mut plan: Plan,
+    mut plan: Plan<'c>,
     scope: Scope,
     present: &dyn Fn(&str) -> bool,
-    summary: &mut Summary,
+    summary: &mut Summary<'c>,
 ) -> ResponseParts {
     let mode = summary.mode;
     let mut parts = ResponseParts {
@@ -536,7 +549,7 @@ fn respond(
         let report: Vec<serde_json::Value> = plan
             .changes
             .iter()
-            .map(|c| serde_json::json!({"container": c.container, "from": c.from, "to": &*c.to, "rule": c.rule}))
+            .map(|c| serde_json::json!({"container": &*c.container, "from": &*c.from, "to": &*c.to, "rule": c.rule}))
             .collect();
         parts.audit_annotations.insert(
             AUDIT_ANNOTATION.to_string(),
