@@ -19,8 +19,16 @@ use std::borrow::Cow;
 use std::fmt;
 
 /// A JSON string, borrowed from the body when it has no escapes.
-#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Text<'a>(pub Cow<'a, str>);
+
+/// Debug-formatted as the string it is (`"nginx:1.25"`), as a `String` would
+/// be: warnings quote images with `{:?}`.
+impl fmt::Debug for Text<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
 
 impl fmt::Display for Text<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

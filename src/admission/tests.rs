@@ -193,10 +193,10 @@ fn skips_mirror_pods_skip_label_never_pull_policy_and_invalid_images() {
     );
     let (resp, summary) = answer(&with_images(&[("bad", "Not A/Reference")]), Mode::Enforce);
     assert_eq!(resp["response"]["allowed"], true);
-    assert!(resp["response"]["warnings"][0]
-        .as_str()
-        .unwrap()
-        .contains("not a valid reference"));
+    assert_eq!(
+        resp["response"]["warnings"][0],
+        r#"detour: bad: image "Not A/Reference" is not a valid reference"#
+    );
     assert_eq!(summary.skipped.len(), 1);
 }
 

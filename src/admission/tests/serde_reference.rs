@@ -520,7 +520,7 @@ fn respond<'c>(
         if skip.kind == ContainerSkipKind::InvalidReference {
             parts.warnings.push(truncate(&format!(
                 "detour: {}: image {:?} is not a valid reference",
-                skip.container, skip.image
+                skip.container, &*skip.image
             )));
         }
     }
