@@ -17,7 +17,7 @@ use kube::core::admission::Operation;
 
 use super::pod::{ContainerView, MetaView, PickedMap, PodSpecView, PodView, READ_KEYS};
 pub use super::reader::Text;
-use super::reader::{Key, Reader, Result};
+use super::reader::{Reader, Result};
 
 pub struct ReviewEnvelope<'a> {
     pub api_version: Text<'a>,
@@ -85,7 +85,9 @@ fn request_envelope<'a>(
         b"uid" => set(r, &mut uid, "uid", Reader::string),
         b"kind" => set(r, &mut kind, "kind", group_version_kind),
         // Read only to refuse a request without one, as kube's typed request does.
-        b"resource" => set(r, &mut resource, "resource", group_version_resource),
+        b"resource" => set(r, &mut resource, "resource", |r| {
+            group_version(r, "resource")
+        }),
         b"subResource" => set(
             r,
             &mut sub_resource,
@@ -150,33 +152,26 @@ fn optional<'a, T>(
     }
 }
 
-fn group_version_kind<'a>(r: &mut Reader<'a>) -> Result<GroupVersionKind<'a>> {
-    let (mut group, mut version, mut kind) = (None, None, None);
+/// A `{group, version, <last>}` object (a GroupVersionKind with `kind`, a
+/// GroupVersionResource with `resource`), all three required.
+fn group_version<'a>(r: &mut Reader<'a>, last: &'static str) -> Result<[Text<'a>; 3]> {
+    let (mut group, mut version, mut third) = (None, None, None);
     r.object(|r, key| match &*key {
         b"group" => set(r, &mut group, "group", Reader::string),
         b"version" => set(r, &mut version, "version", Reader::string),
-        b"kind" => set(r, &mut kind, "kind", Reader::string),
+        k if k == last.as_bytes() => set(r, &mut third, last, Reader::string),
         _ => r.skip(),
     })?;
-    required(r, version, "version")?;
-    Ok(GroupVersionKind {
-        group: required(r, group, "group")?,
-        kind: required(r, kind, "kind")?,
-    })
+    Ok([
+        required(r, group, "group")?,
+        required(r, version, "version")?,
+        required(r, third, last)?,
+    ])
 }
 
-fn group_version_resource(r: &mut Reader) -> Result<()> {
-    let (mut group, mut version, mut resource) = (None, None, None);
-    r.object(|r, key| match &*key {
-        b"group" => set(r, &mut group, "group", Reader::string),
-        b"version" => set(r, &mut version, "version", Reader::string),
-        b"resource" => set(r, &mut resource, "resource", Reader::string),
-        _ => r.skip(),
-    })?;
-    required(r, group, "group")?;
-    required(r, version, "version")?;
-    required(r, resource, "resource")?;
-    Ok(())
+fn group_version_kind<'a>(r: &mut Reader<'a>) -> Result<GroupVersionKind<'a>> {
+    let [group, _, kind] = group_version(r, "kind")?;
+    Ok(GroupVersionKind { group, kind })
 }
 
 fn read_operation(r: &mut Reader) -> Result<Operation> {
@@ -251,7 +246,7 @@ fn meta_view<'a>(r: &mut Reader<'a>) -> Result<MetaView<'a>> {
 fn picked_map<'a>(r: &mut Reader<'a>) -> Result<PickedMap<'a>> {
     let mut kept = Vec::new();
     r.object(|r, key| {
-        let key = key_text(r, key)?;
+        let key = r.text(key)?;
         let value = r.string()?;
         if READ_KEYS.contains(&&*key) {
             kept.push((key, value));
@@ -259,16 +254,6 @@ fn picked_map<'a>(r: &mut Reader<'a>) -> Result<PickedMap<'a>> {
         Ok(())
     })?;
     Ok(PickedMap { kept })
-}
-
-/// A map key as text (keys of structs are compared as bytes instead).
-fn key_text<'a>(r: &Reader, key: Key<'a>) -> Result<Text<'a>> {
-    let text = match key {
-        std::borrow::Cow::Borrowed(bytes) => std::str::from_utf8(bytes).ok().map(Into::into),
-        std::borrow::Cow::Owned(bytes) => String::from_utf8(bytes).ok().map(Into::into),
-    };
-    text.map(Text)
-        .ok_or_else(|| r.error("a key that is not UTF-8"))
 }
 
 fn pod_spec_view<'a>(r: &mut Reader<'a>) -> Result<PodSpecView<'a>> {

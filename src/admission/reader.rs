@@ -172,50 +172,47 @@ impl<'a> Reader<'a> {
         &mut self,
         mut field: impl FnMut(&mut Self, Key<'a>) -> Result<()>,
     ) -> Result<()> {
-        self.expect(b'{', "an object")?;
-        if self.peek() == Some(b'}') {
-            self.at += 1;
-        } else {
-            loop {
-                if self.peek() != Some(b'"') {
-                    return Err(self.unexpected("a key (a string)"));
-                }
-                let key = self.raw_string()?;
-                self.expect(b':', "`:`")?;
-                field(self, key)?;
-                match self.peek() {
-                    Some(b',') => self.at += 1,
-                    Some(b'}') => {
-                        self.at += 1;
-                        break;
-                    }
-                    _ => return Err(self.unexpected("`,` or `}`")),
-                }
+        self.sequence(b'{', "an object", |r| {
+            if r.peek() != Some(b'"') {
+                return Err(r.unexpected("a key (a string)"));
             }
-        }
-        Ok(())
+            let key = r.raw_string()?;
+            r.expect(b':', "`:`")?;
+            field(r, key)
+        })
     }
 
     /// Reads an array, calling `item` for each element.
     #[inline]
-    pub fn array(&mut self, mut item: impl FnMut(&mut Self) -> Result<()>) -> Result<()> {
-        self.expect(b'[', "an array")?;
-        if self.peek() == Some(b']') {
+    pub fn array(&mut self, item: impl FnMut(&mut Self) -> Result<()>) -> Result<()> {
+        self.sequence(b'[', "an array", item)
+    }
+
+    /// `open`, then elements separated by commas, then the closing bracket.
+    #[inline]
+    fn sequence(
+        &mut self,
+        open: u8,
+        what: &str,
+        mut element: impl FnMut(&mut Self) -> Result<()>,
+    ) -> Result<()> {
+        self.expect(open, what)?;
+        let close = closing(open);
+        if self.peek() == Some(close) {
             self.at += 1;
-        } else {
-            loop {
-                item(self)?;
-                match self.peek() {
-                    Some(b',') => self.at += 1,
-                    Some(b']') => {
-                        self.at += 1;
-                        break;
-                    }
-                    _ => return Err(self.unexpected("`,` or `]`")),
+            return Ok(());
+        }
+        loop {
+            element(self)?;
+            match self.peek() {
+                Some(b',') => self.at += 1,
+                Some(c) if c == close => {
+                    self.at += 1;
+                    return Ok(());
                 }
+                _ => return Err(self.unexpected(after_element(close))),
             }
         }
-        Ok(())
     }
 
     /// Consumes a `null` if one comes next.
@@ -244,19 +241,17 @@ impl<'a> Reader<'a> {
         }
         let start = self.at;
         let raw = self.raw_string()?;
+        self.text(raw).inspect_err(|_| self.at = start)
+    }
+
+    /// A string's bytes (a key, say) as text, checked as UTF-8.
+    pub fn text(&self, raw: Key<'a>) -> Result<Text<'a>> {
         let text = match raw {
-            Cow::Borrowed(bytes) => std::str::from_utf8(bytes).map(Cow::Borrowed),
-            Cow::Owned(bytes) => String::from_utf8(bytes)
-                .map(Cow::Owned)
-                .map_err(|e| e.utf8_error()),
+            Cow::Borrowed(bytes) => std::str::from_utf8(bytes).ok().map(Cow::Borrowed),
+            Cow::Owned(bytes) => String::from_utf8(bytes).ok().map(Cow::Owned),
         };
-        match text {
-            Ok(text) => Ok(Text(text)),
-            Err(_) => {
-                self.at = start;
-                Err(self.error("a string that is not UTF-8"))
-            }
-        }
+        text.map(Text)
+            .ok_or_else(|| self.error("a string that is not UTF-8"))
     }
 
     /// Skips one value of any kind, checking its grammar.
@@ -276,7 +271,7 @@ impl<'a> Reader<'a> {
                 }
                 Some(open @ (b'{' | b'[')) => {
                     self.at += 1;
-                    let close = if open == b'{' { b'}' } else { b']' };
+                    let close = closing(open);
                     if self.peek() == Some(close) {
                         self.at += 1;
                     } else {
@@ -310,8 +305,7 @@ impl<'a> Reader<'a> {
                         self.at += 1;
                         self.open.pop();
                     }
-                    _ if close == b'}' => return Err(self.unexpected("`,` or `}`")),
-                    _ => return Err(self.unexpected("`,` or `]`")),
+                    _ => return Err(self.unexpected(after_element(close))),
                 }
             }
         }
@@ -438,6 +432,24 @@ impl<'a> Reader<'a> {
             },
             _ => Err(self.error("invalid escape")),
         }
+    }
+}
+
+/// The bracket that closes `open`.
+fn closing(open: u8) -> u8 {
+    if open == b'{' {
+        b'}'
+    } else {
+        b']'
+    }
+}
+
+/// What may follow an element of the container that `close` closes.
+fn after_element(close: u8) -> &'static str {
+    if close == b'}' {
+        "`,` or `}`"
+    } else {
+        "`,` or `]`"
     }
 }
 
