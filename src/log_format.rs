@@ -59,33 +59,25 @@ where
         let (false, false, Ok(since_epoch)) = (in_span, event.is_log(), since_epoch) else {
             return self.stock.format_event(ctx, writer, event);
         };
-        // A Debug impl that logs would find the buffer taken: it gets its own.
-        let mut fresh = String::new();
-        let mut taken = LINE.with(|line| {
-            line.try_borrow_mut()
-                .ok()
-                .map(|mut l| std::mem::take(&mut *l))
-        });
-        let line = taken.as_mut().unwrap_or(&mut fresh);
-        line.clear();
-        line.push_str(r#"{"timestamp":""#);
-        timestamp(line, since_epoch.as_secs(), since_epoch.subsec_micros());
-        line.push_str(r#"","level":""#);
-        line.push_str(level(event.metadata().level()));
-        line.push('"');
-        event.record(&mut Fields { line });
-        line.push_str(r#","target":"#);
-        string(line, event.metadata().target());
-        line.push_str("}\n");
-        let written = writer.write_str(line);
-        if let Some(buffer) = taken {
-            LINE.with(|line| {
-                if let Ok(mut line) = line.try_borrow_mut() {
-                    *line = buffer;
-                }
-            });
-        }
-        written
+        let mut write_line = |line: &mut String| {
+            line.clear();
+            line.push_str(r#"{"timestamp":""#);
+            timestamp(line, since_epoch.as_secs(), since_epoch.subsec_micros());
+            line.push_str(r#"","level":""#);
+            line.push_str(level(event.metadata().level()));
+            line.push('"');
+            event.record(&mut Fields { line });
+            line.push_str(r#","target":"#);
+            string(line, event.metadata().target());
+            line.push_str("}\n");
+            writer.write_str(line)
+        };
+        // The thread's buffer; a fresh one should it be in use (tracing does
+        // not dispatch nested events today, so that is only a safeguard).
+        LINE.with(|buffer| match buffer.try_borrow_mut() {
+            Ok(mut line) => write_line(&mut line),
+            Err(_) => write_line(&mut String::new()),
+        })
     }
 }
 

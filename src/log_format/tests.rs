@@ -157,3 +157,32 @@ fn timestamps_are_utc_calendar_dates() {
     }
     panic!("the date and time never matched the stock formatter's");
 }
+
+/// A field whose Debug logs while its line is being written.
+struct Logs;
+
+impl fmt::Debug for Logs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        tracing::info!(nested = true, "inner");
+        f.write_str("outer value")
+    }
+}
+
+#[test]
+fn a_field_that_logs_leaves_the_line_whole() {
+    let capture = Capture::default();
+    let writer = capture.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .fmt_fields(JsonFields::new())
+        .event_format(JsonLines::default())
+        .finish();
+    tracing::subscriber::with_default(subscriber, || tracing::info!(field = ?Logs, "outer"));
+    // tracing does not dispatch an event from inside another on the same
+    // thread, so only the outer line is written, and it is whole.
+    let lines = capture.lines();
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    let line: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+    assert_eq!(line["message"], "outer");
+    assert_eq!(line["field"], "outer value");
+}
