@@ -50,7 +50,7 @@ pub fn decode(body: &[u8]) -> Result<(ReviewEnvelope<'_>, Objects<'_>)> {
     let mut kind = None;
     let mut request = None;
     let mut objects: Objects = Ok((None, None));
-    reader.object(|r, key| match &*key {
+    reader.object(|r, key| match key {
         b"apiVersion" => set(r, &mut api_version, "apiVersion", Reader::string),
         b"kind" => set(r, &mut kind, "kind", Reader::string),
         b"request" => set(r, &mut request, "request", |r| {
@@ -81,7 +81,7 @@ fn request_envelope<'a>(
     let mut dry_run = None;
     let mut object = None;
     let mut old_object = None;
-    r.object(|r, key| match &*key {
+    r.object(|r, key| match key {
         b"uid" => set(r, &mut uid, "uid", Reader::string),
         b"kind" => set(r, &mut kind, "kind", group_version_kind),
         // Read only to refuse a request without one, as kube's typed request does.
@@ -156,7 +156,7 @@ fn optional<'a, T>(
 /// GroupVersionResource with `resource`), all three required.
 fn group_version<'a>(r: &mut Reader<'a>, last: &'static str) -> Result<[Text<'a>; 3]> {
     let (mut group, mut version, mut third) = (None, None, None);
-    r.object(|r, key| match &*key {
+    r.object(|r, key| match key {
         b"group" => set(r, &mut group, "group", Reader::string),
         b"version" => set(r, &mut version, "version", Reader::string),
         k if k == last.as_bytes() => set(r, &mut third, last, Reader::string),
@@ -208,7 +208,7 @@ fn pod_or_why<'a>(r: &mut Reader<'a>) -> Result<std::result::Result<Option<PodVi
 /// A Pod's metadata and container lists, the rest skipped.
 pub fn pod_view<'a>(r: &mut Reader<'a>) -> Result<PodView<'a>> {
     let (mut metadata, mut spec) = (None, None);
-    r.object(|r, key| match &*key {
+    r.object(|r, key| match key {
         b"metadata" => set(r, &mut metadata, "metadata", meta_view),
         b"spec" => set(r, &mut spec, "spec", pod_spec_view),
         _ => r.skip(),
@@ -221,7 +221,7 @@ pub fn pod_view<'a>(r: &mut Reader<'a>) -> Result<PodView<'a>> {
 
 fn meta_view<'a>(r: &mut Reader<'a>) -> Result<MetaView<'a>> {
     let (mut name, mut generate_name, mut labels, mut annotations) = (None, None, None, None);
-    r.object(|r, key| match &*key {
+    r.object(|r, key| match key {
         b"name" => set(r, &mut name, "name", optional(Reader::string)),
         b"generateName" => set(
             r,
@@ -246,10 +246,10 @@ fn meta_view<'a>(r: &mut Reader<'a>) -> Result<MetaView<'a>> {
 fn picked_map<'a>(r: &mut Reader<'a>) -> Result<PickedMap<'a>> {
     let mut kept = Vec::new();
     r.object(|r, key| {
-        let key = r.text(key)?;
+        let key = r.utf8(key)?;
         let value = r.string()?;
-        if READ_KEYS.contains(&&*key) {
-            kept.push((key, value));
+        if let Some(read) = READ_KEYS.iter().find(|read| **read == key) {
+            kept.push((*read, value));
         }
         Ok(())
     })?;
@@ -258,7 +258,7 @@ fn picked_map<'a>(r: &mut Reader<'a>) -> Result<PickedMap<'a>> {
 
 fn pod_spec_view<'a>(r: &mut Reader<'a>) -> Result<PodSpecView<'a>> {
     let (mut containers, mut init_containers, mut ephemeral_containers) = (None, None, None);
-    r.object(|r, key| match &*key {
+    r.object(|r, key| match key {
         b"containers" => set(r, &mut containers, "containers", optional(containers_view)),
         b"initContainers" => set(
             r,
@@ -285,7 +285,7 @@ fn containers_view<'a>(r: &mut Reader<'a>) -> Result<Vec<ContainerView<'a>>> {
     let mut list = Vec::new();
     r.array(|r| {
         let (mut name, mut image, mut pull_policy) = (None, None, None);
-        r.object(|r, key| match &*key {
+        r.object(|r, key| match key {
             b"name" => set(r, &mut name, "name", Reader::string),
             b"image" => set(r, &mut image, "image", optional(Reader::string)),
             b"imagePullPolicy" => set(

@@ -65,7 +65,7 @@ pub(super) const READ_KEYS: [&str; 3] = [
 /// are kept (in order; the last of duplicate keys wins).
 #[derive(Debug, Clone, Default)]
 pub struct PickedMap<'a> {
-    pub(super) kept: Vec<(Text<'a>, Text<'a>)>,
+    pub(super) kept: Vec<(&'static str, Text<'a>)>,
 }
 
 impl PickedMap<'_> {
@@ -73,7 +73,7 @@ impl PickedMap<'_> {
         self.kept
             .iter()
             .rev()
-            .find(|(k, _)| &**k == key)
+            .find(|(k, _)| *k == key)
             .map(|(_, v)| &**v)
     }
 }

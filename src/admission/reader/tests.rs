@@ -116,7 +116,7 @@ fn the_plain_run_scan_finds_the_first_special_byte() {
     // Deterministic pseudo-random bodies; every start offset of each.
     let mut seed = 0x2545_f491_4f6c_dd1d_u64;
     for _ in 0..500 {
-        let len = (seed % 40) as usize;
+        let len = (seed % 70) as usize;
         let body: Vec<u8> = (0..len)
             .map(|_| {
                 seed ^= seed << 13;
