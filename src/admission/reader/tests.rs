@@ -111,35 +111,6 @@ fn nesting_has_no_limit_and_uses_no_stack() {
 }
 
 #[test]
-fn the_plain_run_scan_finds_the_first_special_byte() {
-    let alphabet = [b'a', b'"', b'\\', 0x00, 0x1f, 0x20, 0x7f, 0x80, 0xff, b'!'];
-    // Deterministic pseudo-random bodies; every start offset of each.
-    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
-    for _ in 0..500 {
-        let len = (seed % 70) as usize;
-        let body: Vec<u8> = (0..len)
-            .map(|_| {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                // Mostly plain bytes, so that runs are long enough to matter.
-                if seed % 6 == 0 {
-                    alphabet[(seed >> 8) as usize % alphabet.len()]
-                } else {
-                    b'a' + (seed >> 16) as u8 % 26
-                }
-            })
-            .collect();
-        for from in 0..=body.len() {
-            let naive = (from..body.len())
-                .find(|&i| body[i] == b'"' || body[i] == b'\\' || body[i] < 0x20)
-                .unwrap_or(body.len());
-            assert_eq!(special_byte(&body, from), naive, "{body:?} from {from}");
-        }
-    }
-}
-
-#[test]
 fn errors_say_where() {
     let mut reader = Reader::new(b"{\n  \"a\": tru }");
     let error = reader.skip().unwrap_err().to_string();
