@@ -224,7 +224,14 @@ mod tests {
 
     #[test]
     fn base64_matches_the_engine() {
-        for bytes in [&b""[..], b"a", b"ab", b"abc", b"[{\"op\":\"replace\"}]"] {
+        // Every length up to 300 (the vector paths take 24- and 48-byte
+        // blocks, with scalar heads and tails) and a patch-sized input, of
+        // all byte values.
+        let all: Vec<u8> = (0..20_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+        let inputs = (0..300)
+            .map(|n| &all[n..2 * n])
+            .chain([&all[..], b"[{\"op\":\"replace\"}]"]);
+        for bytes in inputs {
             let mut out = b"x".to_vec();
             base64_string(&mut out, bytes);
             let expected = format!(

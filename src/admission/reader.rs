@@ -11,9 +11,12 @@
 //! in proportion to the body, never the thread's stack.
 //!
 //! Strings that are read are borrowed from the body unless they hold escapes,
-//! and checked as UTF-8; skipped strings and keys are not decoded at all (as
-//! with serde_json's slice reader, a stray non-UTF-8 byte in a value detour
-//! never reads is not its concern).
+//! and checked as UTF-8 (the whole body at once, and a string at a time only
+//! when the body is not all UTF-8); skipped strings and keys are not decoded
+//! at all (as with serde_json's slice reader, a stray non-UTF-8 byte in a
+//! value detour never reads is not its concern). The hot path keeps errors
+//! out of line and boxed, and finds a string's end 16 bytes at a time
+//! ([`special_byte`]).
 
 use std::borrow::Cow;
 use std::fmt;
