@@ -191,18 +191,8 @@ impl<'a> Reader<'a> {
     #[inline]
     pub fn object(&mut self, mut field: impl FnMut(&mut Self, &[u8]) -> Result<()>) -> Result<()> {
         self.sequence(b'{', "an object", |r| {
-            if r.peek() != Some(b'"') {
-                return Err(r.unexpected("a key (a string)"));
-            }
-            r.at += 1;
-            let start = r.at;
-            let escaped = r.scan_string()?;
+            let (start, decoded) = r.quoted("a key (a string)")?;
             let raw = &r.body[start..r.at - 1];
-            let decoded = if escaped {
-                Some(r.unescape(start, raw)?)
-            } else {
-                None
-            };
             r.expect(b':', "`:`")?;
             field(r, decoded.as_deref().unwrap_or(raw))
         })
@@ -262,17 +252,10 @@ impl<'a> Reader<'a> {
     /// Reads a string, decoded and checked as UTF-8.
     #[inline]
     pub fn string(&mut self) -> Result<Text<'a>> {
-        if self.peek() != Some(b'"') {
-            return Err(self.unexpected("a string"));
-        }
-        self.at += 1;
-        let start = self.at;
-        let escaped = self.scan_string()?;
+        let (start, decoded) = self.quoted("a string")?;
         let raw = &self.body[start..self.at - 1];
-        let text = if escaped {
-            String::from_utf8(self.unescape(start, raw)?)
-                .ok()
-                .map(Cow::Owned)
+        let text = if let Some(decoded) = decoded {
+            String::from_utf8(decoded).ok().map(Cow::Owned)
         } else {
             // The quotes are ASCII, so in UTF-8 text they are at character
             // boundaries and the slice is always there.
@@ -416,11 +399,31 @@ impl<'a> Reader<'a> {
         Ok(())
     }
 
-    /// The decoded bytes of a checked string's `raw` bytes, which start at
-    /// `start` (where an error in them is reported).
+    /// Reads the string that comes next (`what` names it in the error when
+    /// something else does): where its raw bytes start (they end before the
+    /// closing quote, at `self.at - 1`), and its decoded bytes when it holds
+    /// escapes. Object keys and read strings both come through here.
+    #[inline(always)]
+    fn quoted(&mut self, what: &str) -> Result<(usize, Option<Vec<u8>>)> {
+        if self.peek() != Some(b'"') {
+            return Err(self.unexpected(what));
+        }
+        self.at += 1;
+        let start = self.at;
+        let decoded = if self.scan_string()? {
+            Some(self.unescape(start)?)
+        } else {
+            None
+        };
+        Ok((start, decoded))
+    }
+
+    /// The decoded bytes of the checked string whose raw bytes run from
+    /// `start` to its closing quote (an error in them is reported at `start`).
     #[cold]
-    fn unescape(&mut self, start: usize, raw: &[u8]) -> Result<Vec<u8>> {
-        unescape(raw).map_err(|message| {
+    fn unescape(&mut self, start: usize) -> Result<Vec<u8>> {
+        let body = self.body;
+        unescape(&body[start..self.at - 1]).map_err(|message| {
             self.at = start;
             self.error(message)
         })
