@@ -302,8 +302,14 @@ async fn a_full_queue_drops_and_counts_and_admissions_never_wait() {
             started.elapsed() < Duration::from_secs(1),
             "an admission waited on the queue"
         );
-        // Let the first copy take the registry's only slot.
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        if i == 0 {
+            // The first copy takes the registry's only slot, leaving the queue.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while metric(&server.metrics(), "detour_premirror_queue_depth") != 0.0 {
+                assert!(Instant::now() < deadline, "the first copy never started");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
     }
     let metrics = server.metrics();
     // One running, one waiting (the queue's length), two dropped.
