@@ -246,7 +246,7 @@ fn meta_view<'a>(r: &mut Reader<'a>) -> Result<MetaView<'a>> {
 fn picked_map<'a>(r: &mut Reader<'a>) -> Result<PickedMap<'a>> {
     let mut kept = Vec::new();
     r.object(|r, key| {
-        let key = r.utf8(key)?;
+        let key = r.key_text(key)?;
         let value = r.string()?;
         if let Some(read) = READ_KEYS.iter().find(|read| **read == key) {
             kept.push((*read, value));

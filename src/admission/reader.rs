@@ -265,17 +265,24 @@ impl<'a> Reader<'a> {
             }
             .map(Cow::Borrowed)
         };
-        text.map(Text).ok_or_else(|| self.not_utf8())
+        match text {
+            Some(text) => Ok(Text(text)),
+            None => Err(self.not_utf8(start - 1)),
+        }
     }
 
-    /// A string's bytes (a key, say) as text, checked as UTF-8.
-    pub fn utf8<'k>(&self, bytes: &'k [u8]) -> Result<&'k str> {
-        std::str::from_utf8(bytes).map_err(|_| self.not_utf8())
-    }
-
+    /// The error for a read string that is not UTF-8, reported at its
+    /// opening quote (at `quote`).
     #[cold]
-    fn not_utf8(&self) -> Error {
+    fn not_utf8(&mut self, quote: usize) -> Error {
+        self.at = quote;
         self.error("a string that is not UTF-8")
+    }
+
+    /// An object key's bytes (as [`Reader::object`] hands them over) as
+    /// text, checked as UTF-8.
+    pub fn key_text<'k>(&self, bytes: &'k [u8]) -> Result<&'k str> {
+        std::str::from_utf8(bytes).map_err(|_| self.error("a key that is not UTF-8"))
     }
 
     /// Skips one value of any kind, checking its grammar.

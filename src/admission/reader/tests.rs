@@ -111,6 +111,25 @@ fn nesting_has_no_limit_and_uses_no_stack() {
 }
 
 #[test]
+fn text_that_is_not_utf8_is_refused_where_it_starts() {
+    let mut reader = Reader::new(b"{\"a\":\n  \"ok \xff\"}");
+    let error = reader
+        .object(|r, _| r.string().map(drop))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(error, "a string that is not UTF-8 at line 2 column 2");
+    let mut reader = Reader::new(b"{\"k\xff\":\"v\"}");
+    let error = reader
+        .object(|r, key| {
+            r.key_text(key)?;
+            r.skip()
+        })
+        .unwrap_err()
+        .to_string();
+    assert_eq!(error, "a key that is not UTF-8 at line 1 column 6");
+}
+
+#[test]
 fn errors_say_where() {
     let mut reader = Reader::new(b"{\n  \"a\": tru }");
     let error = reader.skip().unwrap_err().to_string();
