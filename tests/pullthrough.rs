@@ -1081,13 +1081,9 @@ async fn htpasswd_guards_pulls_and_the_client_limit_answers_429() {
         .await
         .unwrap();
     assert_eq!(wrong.status(), 401);
-    let ok = http
-        .get(&url)
-        .basic_auth("puller", Some("pull-pass"))
-        .header("accept", ACCEPT)
-        .send()
-        .await
-        .unwrap();
+    // The configured user's GET of a proxy URL.
+    let pull = |url: &str| http.get(url).basic_auth("puller", Some("pull-pass"));
+    let ok = pull(&url).header("accept", ACCEPT).send().await.unwrap();
     assert_eq!(ok.status(), 200);
     let tls = proxy.skopeo_tls();
     let (ok, _, stderr) = skopeo(&[
@@ -1103,19 +1099,12 @@ async fn htpasswd_guards_pulls_and_the_client_limit_answers_429() {
     // being sent while this client does not read it).
     let big = random_bytes(32 << 20, 99);
     let layer = upstream.push_blob("app", &big).await;
-    let blob = http
-        .get(proxy.url(&format!("/v2/{}/app/blobs/{layer}", name(&upstream))))
-        .basic_auth("puller", Some("pull-pass"))
+    let blob = pull(&proxy.url(&format!("/v2/{}/app/blobs/{layer}", name(&upstream))))
         .send()
         .await
         .unwrap();
     assert_eq!(blob.status(), 200);
-    let second = http
-        .get(&url)
-        .basic_auth("puller", Some("pull-pass"))
-        .send()
-        .await
-        .unwrap();
+    let second = pull(&url).send().await.unwrap();
     assert_eq!(second.status(), 429);
     assert_eq!(second.headers()["retry-after"], "1");
     assert_eq!(blob.bytes().await.unwrap().as_ref(), big.as_slice());
@@ -1123,13 +1112,7 @@ async fn htpasswd_guards_pulls_and_the_client_limit_answers_429() {
     // a moment after the client read the last byte (longer on a busy machine).
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let third = http
-            .get(&url)
-            .basic_auth("puller", Some("pull-pass"))
-            .header("accept", ACCEPT)
-            .send()
-            .await
-            .unwrap();
+        let third = pull(&url).header("accept", ACCEPT).send().await.unwrap();
         if third.status() == 200 {
             break;
         }
