@@ -130,7 +130,7 @@ pub async fn run(args: &AuditArgs, config: &Config, out: &mut dyn Write) -> Resu
     let source = inventory.selection_source.clone();
     let mut report = report(inventory, config);
     if args.check_mirror {
-        let settings = crate::mirror_command::registry_settings(&args.registry, config);
+        let settings = args.registry.settings(config);
         let images = report
             .rewritten_images()
             .into_iter()

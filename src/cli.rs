@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::config::{Config, MirrorSettings};
 use crate::duration::parse_duration;
 use crate::presets::PresetRef;
 
@@ -125,7 +126,7 @@ pub struct MirrorArgs {
     pub from_manifests: Vec<PathBuf>,
     /// Copy only these platforms (os/arch[/variant]); changes the index digest.
     #[arg(long, value_name = "PLATFORM")]
-    pub platform: Vec<crate::mirror::PlatformFilter>,
+    pub platform: Vec<crate::mirror_settings::PlatformFilter>,
     #[command(flatten)]
     pub registry: RegistryArgs,
     /// Copy every image that the rules rewrite among the images a cluster runs
@@ -393,4 +394,29 @@ pub struct CertsArgs {
     /// Validity of the serving certificate in days (the CA gets ten times as long).
     #[arg(long, default_value_t = 365, env = "DETOUR_CERTS_DAYS")]
     pub days: i64,
+}
+
+impl RegistryArgs {
+    /// The config's `mirror:` settings with the registry flags on top.
+    pub fn settings(&self, config: &Config) -> MirrorSettings {
+        let mut s = config.mirror.clone();
+        s.credentials.extend(self.credentials.iter().cloned());
+        s.ca_files.extend(self.ca_file.iter().cloned());
+        s.plain_http.extend(self.plain_http.iter().cloned());
+        s.allow_loopback |= self.allow_loopback;
+        if let Some(proxy) = &self.proxy {
+            s.proxy = Some(proxy.clone());
+        }
+        s.no_proxy.extend(self.no_proxy.iter().cloned());
+        if let Some(file) = &self.proxy_credentials {
+            s.proxy_credentials = Some(file.clone());
+        }
+        if let Some(n) = self.retries {
+            s.retries = n;
+        }
+        if let Some(t) = self.timeout {
+            s.request_timeout = crate::duration::ConfigDuration(t);
+        }
+        s
+    }
 }

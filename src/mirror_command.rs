@@ -8,7 +8,7 @@ use std::io::{IsTerminal, Write};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::cli::{MirrorArgs, OutputFormat, RegistryArgs};
+use crate::cli::{MirrorArgs, OutputFormat};
 use crate::config::{Config, MirrorSettings};
 use crate::mirror::{self, Copier, CopyReport, Observer};
 use crate::reference::Reference;
@@ -284,35 +284,12 @@ fn job(source: &str, destination: &str) -> Result<CopyJob, String> {
 
 /// The config's `mirror:` settings with the command's flags on top.
 pub fn settings(args: &MirrorArgs, config: &Config) -> MirrorSettings {
-    let mut s = registry_settings(&args.registry, config);
+    let mut s = args.registry.settings(config);
     if !args.platform.is_empty() {
         s.platforms = args.platform.clone();
     }
     if let Some(n) = args.concurrency {
         s.blob_concurrency = n.clamp(1, 64);
-    }
-    s
-}
-
-/// The config's `mirror:` settings with the registry flags on top.
-pub fn registry_settings(args: &RegistryArgs, config: &Config) -> MirrorSettings {
-    let mut s = config.mirror.clone();
-    s.credentials.extend(args.credentials.iter().cloned());
-    s.ca_files.extend(args.ca_file.iter().cloned());
-    s.plain_http.extend(args.plain_http.iter().cloned());
-    s.allow_loopback |= args.allow_loopback;
-    if let Some(proxy) = &args.proxy {
-        s.proxy = Some(proxy.clone());
-    }
-    s.no_proxy.extend(args.no_proxy.iter().cloned());
-    if let Some(file) = &args.proxy_credentials {
-        s.proxy_credentials = Some(file.clone());
-    }
-    if let Some(n) = args.retries {
-        s.retries = n;
-    }
-    if let Some(t) = args.timeout {
-        s.request_timeout = crate::duration::ConfigDuration(t);
     }
     s
 }

@@ -210,7 +210,7 @@ pub fn expand(preset: &PresetRef) -> Result<(Vec<Rule>, Vec<Alias>), String> {
                 .iter()
                 .find(|p| p.name == *name)
                 .ok_or_else(|| format!("unknown preset {name}"))?;
-            let (mut rules, aliases) = crate::config::parse_rule_specs(info.rules_yaml)
+            let (mut rules, aliases) = crate::rule_spec::parse_rule_specs(info.rules_yaml)
                 .map_err(|e| format!("built-in preset {name} is invalid: {e}"))?;
             for rule in &mut rules {
                 rule.origin = RuleOrigin::Preset(info.name);
@@ -242,7 +242,7 @@ pub fn expand(preset: &PresetRef) -> Result<(Vec<Rule>, Vec<Alias>), String> {
                     "  - {{name: {upstream}, source: {upstream}, kind: host, target: {label}.{domain}}}\n"
                 ));
             }
-            let (mut rules, aliases) = crate::config::parse_rule_specs(&yaml)
+            let (mut rules, aliases) = crate::rule_spec::parse_rule_specs(&yaml)
                 .map_err(|e| format!("preset {SELF_HOSTED_HOSTS}={domain}: {e}"))?;
             for rule in &mut rules {
                 rule.origin = RuleOrigin::Preset(SELF_HOSTED_HOSTS);

@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 
 use std::sync::Arc;
 
-use super::decode::Text;
 use super::json;
+use super::reader::Text;
 use crate::config::{Config, NeverPolicy};
 use crate::rules::{Decision, MirrorPolicy};
 

@@ -15,8 +15,9 @@ use futures_util::{StreamExt, TryStreamExt};
 use super::client::{backoff, ManifestBytes, RegistryClient, Repo, UploadStart};
 use super::digest::Hasher;
 use super::layout::OciLayout;
-use super::manifest::{self, ManifestKind, PlatformFilter, Target};
+use super::manifest::{self, ManifestKind, Target};
 use super::MirrorError;
+use crate::mirror_settings::PlatformFilter;
 use crate::reference::Reference;
 
 #[derive(Debug, Clone)]

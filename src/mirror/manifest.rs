@@ -3,11 +3,10 @@
 //! (their JSON shapes are the same); the bytes themselves are never
 //! re-serialised unless a platform filter asks for a smaller index.
 
-use std::str::FromStr;
-
 use oci_spec::image::{Descriptor, ImageIndex, ImageManifest};
 
 use super::MirrorError;
+use crate::mirror_settings::PlatformFilter;
 
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
@@ -115,57 +114,6 @@ pub fn blobs(bytes: &[u8]) -> Result<Vec<Target>, MirrorError> {
             .map(target),
     );
     Ok(out)
-}
-
-/// `os/arch[/variant]`, as in `--platform linux/arm64/v8`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PlatformFilter {
-    pub os: String,
-    pub architecture: String,
-    pub variant: Option<String>,
-}
-
-impl FromStr for PlatformFilter {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let parts: Vec<&str> = s.split('/').collect();
-        let ok =
-            |p: &str| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        match parts.as_slice() {
-            [os, arch] if ok(os) && ok(arch) => Ok(PlatformFilter {
-                os: os.to_string(),
-                architecture: arch.to_string(),
-                variant: None,
-            }),
-            [os, arch, v] if ok(os) && ok(arch) && ok(v) => Ok(PlatformFilter {
-                os: os.to_string(),
-                architecture: arch.to_string(),
-                variant: Some(v.to_string()),
-            }),
-            _ => Err(format!("platform {s:?} is not os/arch[/variant]")),
-        }
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for PlatformFilter {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
-
-impl PlatformFilter {
-    /// Does an index entry's `os/arch[/variant]` match? Without a variant
-    /// in the filter, every variant matches.
-    pub fn matches(&self, platform: &str) -> bool {
-        let mut parts = platform.split('/');
-        parts.next() == Some(self.os.as_str())
-            && parts.next() == Some(self.architecture.as_str())
-            && match &self.variant {
-                None => true,
-                Some(v) => parts.next() == Some(v.as_str()),
-            }
-    }
 }
 
 /// An index re-serialised without the entries no filter matches.

@@ -20,10 +20,10 @@ pub mod queue;
 pub mod runtime;
 pub mod safety;
 
+pub use crate::mirror_settings::PlatformFilter;
 pub use auth::{CredentialStore, Credentials};
 pub use client::{ClientSettings, RegistryClient, Repo};
 pub use copy::{Copier, CopyOptions, CopyReport, Observer, Quiet};
-pub use manifest::PlatformFilter;
 
 /// Why a registry operation failed. Messages never carry credentials.
 #[derive(Debug, thiserror::Error)]
