@@ -1,8 +1,8 @@
 //! The ceiling for `bench/webhook-load.sh`: a webhook that does no work.
 //!
-//! It serves through detour's own TLS listener ([`detour::server::serve_tls`]:
+//! It serves through detour's own TLS listener ([`detour_serve::https::serve_tls`]:
 //! rustls, TCP_NODELAY, the same hyper and axum), on the same runtime and
-//! allocator, and reads each body as detour does ([`detour::server::read_body`],
+//! allocator, and reads each body as detour does ([`detour_webhook::server::read_body`],
 //! 7 MiB limit), then answers one constant AdmissionReview. detour's
 //! requests/s divided by this server's, measured in the same run, is the share
 //! of the transport's limit that detour reaches.
@@ -18,8 +18,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 use bytes::Bytes;
-use detour::server::{read_body, serve_tls};
-use detour::tls::TlsSource;
+use detour_serve::https::serve_tls;
+use detour_serve::tls::TlsSource;
+use detour_webhook::server::read_body;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -50,7 +51,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         client_ca: None,
     }
     .load()?;
-    let runtime = detour::server::runtime()?;
+    let runtime = detour_serve::https::runtime()?;
     runtime.block_on(async {
         let listener = std::net::TcpListener::bind(&listen)?;
         listener.set_nonblocking(true)?;

@@ -2,8 +2,8 @@
 //! all images of a 60-container Pod with 10 and with 10,000 rules.
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
-use detour::config::Config;
-use detour::rules::RuleSet;
+use detour_core::config::Config;
+use detour_core::rules::RuleSet;
 use std::hint::black_box;
 
 // The allocator the `detour` binary runs with, so the figures are the server's.
@@ -58,7 +58,7 @@ fn bench(c: &mut Criterion) {
         "explain registry.k8s.io/ingress-nginx/controller:v1.9.4",
         |b| {
             b.iter(|| {
-                detour::explain::record(
+                detour_core::explain::record(
                     &small,
                     black_box("registry.k8s.io/ingress-nginx/controller:v1.9.4"),
                 )
@@ -114,15 +114,15 @@ fn bench_admission(c: &mut Criterion) {
         let body = review_body(n);
         c.bench_function(&format!("admission decode, {n}-container pod"), |b| {
             b.iter(|| {
-                detour::admission::decode::decode(black_box(&body))
+                detour_webhook::admission::decode::decode(black_box(&body))
                     .map(|(e, _)| e.request.is_some())
             })
         });
         c.bench_function(&format!("admission review, {n}-container pod"), |b| {
             b.iter(|| {
-                detour::admission::review(
+                detour_webhook::admission::review(
                     black_box(&body),
-                    detour::admission::Mode::Enforce,
+                    detour_webhook::admission::Mode::Enforce,
                     &config,
                 )
                 .unwrap()

@@ -5,9 +5,9 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::config::{Config, MirrorSettings};
-use crate::duration::parse_duration;
-use crate::presets::PresetRef;
+use detour_core::config::{Config, ConfigSource, MirrorSettings};
+use detour_core::duration::parse_duration;
+use detour_core::presets::PresetRef;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -39,6 +39,16 @@ pub struct RuleArgs {
         value_name = "NAME"
     )]
     pub presets: Vec<PresetRef>,
+}
+
+impl RuleArgs {
+    /// The config file and presets these flags name.
+    pub fn source(&self) -> ConfigSource {
+        ConfigSource {
+            config: self.config.clone(),
+            presets: self.presets.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -126,7 +136,7 @@ pub struct MirrorArgs {
     pub from_manifests: Vec<PathBuf>,
     /// Copy only these platforms (os/arch[/variant]); changes the index digest.
     #[arg(long, value_name = "PLATFORM")]
-    pub platform: Vec<crate::mirror_settings::PlatformFilter>,
+    pub platform: Vec<detour_core::mirror_settings::PlatformFilter>,
     #[command(flatten)]
     pub registry: RegistryArgs,
     /// Copy every image that the rules rewrite among the images a cluster runs
@@ -415,7 +425,7 @@ impl RegistryArgs {
             s.retries = n;
         }
         if let Some(t) = self.timeout {
-            s.request_timeout = crate::duration::ConfigDuration(t);
+            s.request_timeout = detour_core::duration::ConfigDuration(t);
         }
         s
     }

@@ -685,7 +685,7 @@ fn pods_are_created_unchanged_when_detour_is_down_hung_or_too_slow() {
 /// Secret update) and waits until detour presents it.
 async fn rotate_serving_cert(
     detour: &Server,
-    ca: &detour::certs::CertificateAuthority,
+    ca: &detour_serve::certs::CertificateAuthority,
     generation: u32,
 ) {
     let (cert, key) = ca.issue(&loopback_names()).unwrap();
@@ -705,8 +705,8 @@ async fn rotate_serving_cert(
     }
 }
 
-fn loopback_names() -> detour::certs::CertRequest {
-    detour::certs::CertRequest {
+fn loopback_names() -> detour_serve::certs::CertRequest {
+    detour_serve::certs::CertRequest {
         service: None,
         namespace: String::new(),
         dns: vec!["localhost".into()],
@@ -717,7 +717,9 @@ fn loopback_names() -> detour::certs::CertRequest {
 
 /// detour with a serving certificate from `ca`, in a `..data` directory
 /// the way a mounted Secret looks.
-fn start_detour_with(ca: &detour::certs::CertificateAuthority) -> (Server, tempfile::TempDir) {
+fn start_detour_with(
+    ca: &detour_serve::certs::CertificateAuthority,
+) -> (Server, tempfile::TempDir) {
     let scratch = tempfile::tempdir().unwrap();
     let dir = scratch.path().join("tls");
     let (cert, key) = ca.issue(&loopback_names()).unwrap();
@@ -784,7 +786,7 @@ impl PodLoad {
 
 async fn serving_certificate_rotation_under_load_fails_no_pod_async() {
     let cp = control_plane();
-    let ca = detour::certs::CertificateAuthority::generate(20).unwrap();
+    let ca = detour_serve::certs::CertificateAuthority::generate(20).unwrap();
     let (detour, _scratch) = start_detour_with(&ca);
     let installed = Installed::new(cp, "opt-in", detour.port, &ca.pem());
     let ns = "e2e-rotate-cert";
@@ -806,8 +808,8 @@ fn ca_rotation_with_an_overlap_fails_no_pod() {
 
 async fn ca_rotation_with_an_overlap_fails_no_pod_async() {
     let cp = control_plane();
-    let old_ca = detour::certs::CertificateAuthority::generate(20).unwrap();
-    let new_ca = detour::certs::CertificateAuthority::generate(20).unwrap();
+    let old_ca = detour_serve::certs::CertificateAuthority::generate(20).unwrap();
+    let new_ca = detour_serve::certs::CertificateAuthority::generate(20).unwrap();
     let (detour, _scratch) = start_detour_with(&old_ca);
     let installed = Installed::new(cp, "opt-in", detour.port, &old_ca.pem());
     let ns = "e2e-rotate-ca";

@@ -181,7 +181,7 @@ fn two_replicas_share_one_ca_that_the_apiserver_trusts_and_a_changed_ca_bundle_i
     }
 
     // Someone edits the caBundle: detour puts it back.
-    let other = detour::certs::CertificateAuthority::generate(1)
+    let other = detour_serve::certs::CertificateAuthority::generate(1)
         .unwrap()
         .pem();
     let patch = serde_json::json!([{"op": "replace", "path": "/webhooks/0/clientConfig/caBundle",
@@ -356,7 +356,7 @@ fn without_the_api_detour_is_live_but_not_ready_and_stops_on_sigterm() {
     let ca = dir.path().join("ca.crt");
     std::fs::write(
         &ca,
-        detour::certs::CertificateAuthority::generate(1)
+        detour_serve::certs::CertificateAuthority::generate(1)
             .unwrap()
             .pem(),
     )

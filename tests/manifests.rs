@@ -96,7 +96,7 @@ fn check_common(docs: &[Value]) {
     let config = find(docs, "ConfigMap", "detour-config")["data"]["config.yaml"]
         .as_str()
         .unwrap();
-    detour::config::Config::from_yaml(config, "configmap").expect("shipped config loads");
+    detour_core::config::Config::from_yaml(config, "configmap").expect("shipped config loads");
 
     let mwc = find(docs, "MutatingWebhookConfiguration", "detour");
     let hooks = mwc["webhooks"].as_array().unwrap();
@@ -305,7 +305,7 @@ fn proxy_manifests_run_the_proxy_locked_down_with_a_valid_config() {
     // is the mounted volume.
     let config_map = find(&docs, "ConfigMap", "detour-proxy-config");
     let text = config_map["data"]["proxy.yaml"].as_str().unwrap();
-    let config = detour::pullthrough::ProxyConfig::parse(text).expect("valid proxy config");
+    let config = detour_proxy::ProxyConfig::parse(text).expect("valid proxy config");
     let mounts = container["volumeMounts"].as_array().unwrap();
     let cache = mounts.iter().find(|m| m["name"] == "cache").unwrap();
     assert_eq!(

@@ -1,9 +1,9 @@
 //! Property tests: the parser never panics, formatting round-trips, and
 //! rewriting is idempotent under every preset and a mix of rule kinds.
 
-use detour::config::Config;
-use detour::presets::PRESETS;
-use detour::reference::Reference;
+use detour_core::config::Config;
+use detour_core::presets::PRESETS;
+use detour_core::reference::Reference;
 use proptest::prelude::*;
 
 fn component() -> impl Strategy<Value = String> {

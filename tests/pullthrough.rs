@@ -14,7 +14,7 @@ use common::registry::{
 };
 use common::{free_port, http_get, make_certs, BIN};
 
-const ACCEPT: &str = detour::mirror::client::MANIFEST_ACCEPT;
+const ACCEPT: &str = detour_registry::client::MANIFEST_ACCEPT;
 const S3_ACCESS: &str = "detour-test-access";
 const S3_SECRET: &str = "detour-test-secret-not-for-logs";
 const BUCKET: &str = "detour-cache";
@@ -773,7 +773,7 @@ async fn fifty_clients_of_one_uncached_blob_make_one_upstream_fetch(storage: Sto
         pulls.push(tokio::spawn(async move {
             let mut response = client.get(&url).send().await.unwrap();
             assert_eq!(response.status(), 200);
-            let mut hasher = detour::mirror::digest::Hasher::sha256();
+            let mut hasher = detour_registry::digest::Hasher::sha256();
             let mut length = 0u64;
             while let Some(chunk) = response.chunk().await.unwrap() {
                 length += chunk.len() as u64;

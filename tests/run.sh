@@ -12,7 +12,10 @@
 # - versitygw (an S3-compatible server over a directory), built from the Go
 #   module pinned in tests/s3/go.mod into $CARGO_TARGET_DIR/s3, for the
 #   shared-cache tests of `detour proxy`.
-# - Then `cargo test --locked`, with any arguments given to this script.
+# - The layering check (tests/architecture.py: which crate may depend on
+#   which, nothing async or networked under detour-core, no module cycles).
+# - Then `cargo test --workspace --locked`, with any arguments given to this
+#   script: every crate's unit tests and the binary's integration tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/detour-target}"
@@ -46,4 +49,5 @@ export PATH="$DETOUR_KUBE_BIN:$PATH"
 DETOUR_S3_SERVER="$(bash tests/s3/build.sh)"
 export DETOUR_S3_SERVER
 
-cargo test --locked "$@"
+python3 tests/architecture.py
+cargo test --workspace --locked "$@"

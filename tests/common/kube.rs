@@ -86,6 +86,7 @@ pub fn spawn_tied(cmd: Command) -> Child {
                 use std::os::unix::process::CommandExt;
                 // SAFETY: the closure runs in the forked child before exec and
                 // only makes the async-signal-safe prctl system call.
+                #[allow(unsafe_code)] // the workspace denies it; this is a test's
                 unsafe {
                     cmd.pre_exec(|| {
                         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);

@@ -256,7 +256,7 @@ impl Registry {
             self.http()
                 .head(format!("{}/{repo}/manifests/{reference}", self.base())),
         )
-        .header("accept", detour::mirror::client::MANIFEST_ACCEPT)
+        .header("accept", detour_registry::client::MANIFEST_ACCEPT)
         .send()
         .await
         .unwrap()
