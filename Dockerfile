@@ -5,7 +5,9 @@ RUN apk add --no-cache musl-dev
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+COPY crates ./crates
 COPY benches ./benches
+COPY bench ./bench
 RUN cargo build --release --locked --bin detour \
  && strip target/release/detour
 
