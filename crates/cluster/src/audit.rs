@@ -1,9 +1,10 @@
 //! `detour audit`: what the current config would do to the images a cluster
 //! already runs, namespace by namespace.
 //!
-//! Layer: pure core. The inventory (workloads, namespace labels, which
-//! namespaces the webhook selects) is read by `cluster`, the Kubernetes
-//! adapter; this module only decides and renders.
+//! Layer: pure (no I/O). The inventory (workloads, namespace labels, which
+//! namespaces the webhook selects) is read by [`crate::inventory`], the
+//! Kubernetes adapter; this module only decides and renders, and never
+//! imports it (the inventory builds its report with this module).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;

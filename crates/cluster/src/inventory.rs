@@ -3,8 +3,9 @@
 //! configuration selects.
 //!
 //! Layer: Kubernetes adapter (the `kube` client over rustls). Used by
-//! `detour audit` and `detour mirror --from-cluster`; the pure core
-//! (`audit`, `rules`, `admission`) never imports it. Lists are paginated
+//! `detour audit` and `detour mirror --from-cluster`, and by the webhook for
+//! the client of `--manage-certs` ([`connect`]); the pure modules
+//! ([`crate::audit`], detour-core) never import it. Lists are paginated
 //! (`limit`/`continue`), and only the fields detour needs are kept from each
 //! page, so a cluster of 50,000 Pods is never one response or one heap.
 

@@ -1,6 +1,6 @@
 //! Which upstream repository a Distribution API request names.
 //!
-//! Layer: pure core of the pull-through proxy (no I/O). Three ways of naming
+//! Layer: pure (no I/O): the domain of the pull-through proxy. Three ways of naming
 //! the upstream, tried in this order:
 //! - by host name: the request's `Host` is one an upstream is served as
 //!   (`k8s.mirror.example.com` → `registry.k8s.io`), the path is the upstream

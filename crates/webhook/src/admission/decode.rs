@@ -1,6 +1,6 @@
 //! The AdmissionReview request as detour reads it: borrowed from the body.
 //!
-//! Layer: pure core. One pass of the [`Reader`] over the body decodes the
+//! Layer: pure (no I/O). One pass of the [`Reader`] over the body decodes the
 //! envelope and the Pod's few fields ([`PodView`]); every other value
 //! (managed fields, user info, the rest of the spec) is skipped, its grammar
 //! checked but nothing built. Strings are borrowed from the body unless they

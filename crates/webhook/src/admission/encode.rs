@@ -1,6 +1,6 @@
 //! The AdmissionReview response, written once into one buffer.
 //!
-//! Layer: pure core. The shape is that of kube's `AdmissionResponse` as serde
+//! Layer: pure (no I/O). The shape is that of kube's `AdmissionResponse` as serde
 //! encodes it (field order included), except that the patch is base64, as the
 //! AdmissionReview API documents: `{"apiVersion","kind","response":{"uid",
 //! "allowed":true,"status":{},"patchType","auditAnnotations","warnings",

@@ -1,6 +1,6 @@
 //! AdmissionReview in, AdmissionReview out: the webhook's domain logic.
 //!
-//! Layer: pure core (no I/O, no logging). The HTTP layer hands over the body
+//! Layer: pure (no I/O, no logging). The HTTP layer hands over the body
 //! bytes and the mode that the request path selects; this module returns the
 //! response bytes and a [`Summary`] for logs and metrics.
 //!

@@ -1,6 +1,6 @@
 //! What detour reads of a Pod, what it decides, and the JSON Patch for it.
 //!
-//! Layer: pure core. [`PodView`] holds only metadata and the image fields
+//! Layer: pure (no I/O). [`PodView`] holds only metadata and the image fields
 //! of the three container lists, borrowed from the request body
 //! ([`super::decode`] reads them; everything else in a possibly megabytes
 //! large Pod is skipped). Images

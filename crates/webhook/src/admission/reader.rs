@@ -1,6 +1,6 @@
 //! A strict, pull-style JSON reader over a request body.
 //!
-//! Layer: pure core. The webhook reads a handful of fields from bodies that
+//! Layer: pure (no I/O). The webhook reads a handful of fields from bodies that
 //! are mostly other things (managed fields, the rest of the spec), so the
 //! decoder ([`super::decode`]) asks this reader for an object's keys, a
 //! string or a bool, and skips every other value. Skipping still checks the
