@@ -4,11 +4,11 @@
 //! are exactly those a serde encoder writes (a test compares them with the
 //! serde-encoded response for a corpus of Pods); only the structure around
 //! them, which is fixed, is written here. The scan for the bytes JSON must
-//! escape ([`special_byte`]) lives in `detour_serve::json_scan`, shared with
+//! escape ([`needs_escape`]) lives in `detour_serve::json_scan`, shared with
 //! the reader (which looks for the same bytes to find a string's end) and
 //! the log formatter.
 
-pub use detour_serve::json_scan::{needs_escape, special_byte};
+use detour_serve::json_scan::needs_escape;
 
 /// Appends `text` as a JSON string, escaped.
 pub fn string(out: &mut Vec<u8>, text: &str) {

@@ -21,7 +21,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use super::json::special_byte;
+use detour_serve::json_scan::special_byte;
 
 /// A JSON string, borrowed from the body when it has no escapes.
 #[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
