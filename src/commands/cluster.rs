@@ -7,6 +7,7 @@
 use std::io::IsTerminal;
 
 use detour_cluster::inventory::{self, ClusterOptions, Inventory};
+use detour_cluster::kubeconfig;
 use detour_core::config::Config;
 
 use crate::cli::ClusterArgs;
@@ -24,7 +25,7 @@ fn options(args: &ClusterArgs) -> ClusterOptions {
 /// Reads the cluster, with a spinner on a terminal when `progress`.
 pub async fn read(args: &ClusterArgs, progress: bool) -> Result<Inventory, String> {
     let opts = options(args);
-    let client = inventory::connect(opts.kubeconfig.as_deref(), opts.context.as_deref())
+    let client = kubeconfig::connect(opts.kubeconfig.as_deref(), opts.context.as_deref())
         .await
         .map_err(|e| e.to_string())?;
     let spinner = indicatif::ProgressBar::new_spinner();

@@ -4,7 +4,7 @@
 //!
 //! Layer: Kubernetes adapter (the `kube` client over rustls). Used by
 //! `detour audit` and `detour mirror --from-cluster`, and by the webhook for
-//! the client of `--manage-certs` ([`connect`]); the pure modules
+//! the client of `--manage-certs` (through [`crate::kubeconfig`]); the pure modules
 //! ([`crate::audit`], detour-core) never import it. Lists are paginated
 //! (`limit`/`continue`), and only the fields detour needs are kept from each
 //! page, so a cluster of 50,000 Pods is never one response or one heap.
@@ -48,33 +48,6 @@ pub struct ClusterOptions {
     pub page_size: u32,
     /// The MutatingWebhookConfiguration whose selectors give the modes.
     pub webhook: String,
-}
-
-/// A client for the cluster of `kubeconfig` (else `KUBECONFIG`,
-/// `~/.kube/config` or the in-cluster service account) and `context`.
-pub async fn connect(
-    kubeconfig: Option<&std::path::Path>,
-    context: Option<&str>,
-) -> Result<Client, ClusterError> {
-    use kube::config::{KubeConfigOptions, Kubeconfig};
-    let options = KubeConfigOptions {
-        context: context.map(str::to_string),
-        ..KubeConfigOptions::default()
-    };
-    let config_error = |e: &dyn std::fmt::Display| ClusterError::Config(e.to_string());
-    let config = match (kubeconfig, context) {
-        (Some(path), _) => {
-            let file = Kubeconfig::read_from(path).map_err(|e| config_error(&e))?;
-            kube::Config::from_custom_kubeconfig(file, &options)
-                .await
-                .map_err(|e| config_error(&e))?
-        }
-        (None, Some(_)) => kube::Config::from_kubeconfig(&options)
-            .await
-            .map_err(|e| config_error(&e))?,
-        (None, None) => kube::Config::infer().await.map_err(|e| config_error(&e))?,
-    };
-    Client::try_from(config).map_err(|e| config_error(&e))
 }
 
 /// What `detour audit` looks at.

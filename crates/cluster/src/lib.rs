@@ -1,9 +1,10 @@
 //! detour-cluster: what detour reads of a live cluster through the
 //! Kubernetes API, and what `detour audit` makes of it.
 //!
-//! [`inventory`] is the Kubernetes adapter: it connects with a kubeconfig,
-//! lists Pods and workload templates page by page, reads namespace labels
-//! and which namespaces the webhook configuration selects. [`audit`] is
+//! [`kubeconfig`] builds the client, with errors that never quote the
+//! file; [`inventory`] lists Pods and workload templates page by page,
+//! reads namespace labels and which namespaces the webhook configuration
+//! selects. [`audit`] is
 //! pure: it decides every image of that inventory with the current config
 //! and renders the report, and lists the copies that `detour mirror
 //! --from-cluster` makes.
@@ -14,3 +15,4 @@
 
 pub mod audit;
 pub mod inventory;
+pub mod kubeconfig;

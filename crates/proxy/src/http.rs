@@ -90,12 +90,8 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .or_else(|| uri.authority().map(|a| a.as_str()));
     let query = uri.query();
-    let ns = query.and_then(|q| {
-        q.split('&')
-            .find_map(|pair| pair.strip_prefix("ns="))
-            .filter(|v| !v.is_empty())
-    });
-    let route = match app.proxy.router.route(host, path, ns) {
+    let ns = query.and_then(crate::route::ns_param);
+    let route = match app.proxy.router.route(host, path, ns.as_deref()) {
         Ok(route) => route,
         Err(e) => {
             refuse("route");

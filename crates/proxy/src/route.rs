@@ -276,5 +276,15 @@ fn strip_port(host: &str) -> &str {
     host.split_once(':').map(|(h, _)| h).unwrap_or(host)
 }
 
+/// The `ns` query parameter, decoded as a query is (containerd is written
+/// in Go, whose `url.Values` sends `ns=127.0.0.1%3A5000` for an upstream
+/// with a port). `None` when absent or empty.
+pub fn ns_param(query: &str) -> Option<String> {
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(key, _)| key == "ns")
+        .map(|(_, value)| value.into_owned())
+        .filter(|value| !value.is_empty())
+}
+
 #[cfg(test)]
 mod tests;

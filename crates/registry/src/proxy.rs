@@ -58,12 +58,22 @@ fn parse_proxy(text: &str) -> Result<(Url, Option<(String, String)>), String> {
     if url.host_str().is_none_or(str::is_empty) {
         return Err("proxy URL has no host".into());
     }
-    let auth = (!url.username().is_empty()).then(|| {
-        (
-            url.username().to_string(),
-            url.password().unwrap_or_default().to_string(),
-        )
-    });
+    // The URL holds user info percent-encoded (RFC 3986 §3.2.1: a password
+    // with `@` or `:` can be written no other way); the proxy wants it as
+    // the user typed it, as curl and Go's clients send it.
+    let decoded = |part: &str, what: &str| {
+        percent_encoding::percent_decode_str(part)
+            .decode_utf8()
+            .map(|s| s.into_owned())
+            .map_err(|_| format!("proxy URL: the {what} is not UTF-8 once percent-decoded"))
+    };
+    let auth = match url.username() {
+        "" => None,
+        user => Some((
+            decoded(user, "user name")?,
+            decoded(url.password().unwrap_or_default(), "password")?,
+        )),
+    };
     // Credentials travel only in Proxy-Authorization, never in the URL.
     let _ = url.set_username("");
     let _ = url.set_password(None);
@@ -234,6 +244,12 @@ mod tests {
             "http://proxy:3128/"
         );
         assert!(parse_proxy("socks5://proxy:1080").is_err());
+        // Reserved characters are percent-encoded in the URL and sent decoded.
+        let (_, auth) = parse_proxy("http://us%40er:p%40ss%3Aw%25rd@proxy:3128").unwrap();
+        assert_eq!(auth, Some(("us@er".into(), "p@ss:w%rd".into())));
+        let (_, auth) = parse_proxy("http://bob@proxy:3128").unwrap();
+        assert_eq!(auth, Some(("bob".into(), String::new())));
+        assert!(parse_proxy("http://bob:%FF@proxy:3128").is_err());
         assert!(parse_proxy("http://").is_err());
     }
 }

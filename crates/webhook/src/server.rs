@@ -386,7 +386,7 @@ pub async fn run(opts: ServeOptions) -> Result<(), ServeError> {
     // admin server answers (not ready) meanwhile.
     let managed = match &opts.managed {
         Some(setup) => {
-            let client = detour_cluster::inventory::connect(setup.kubeconfig.as_deref(), None)
+            let client = detour_cluster::kubeconfig::connect(setup.kubeconfig.as_deref(), None)
                 .await
                 .map_err(|e| ServeError::Managed(e.to_string()))?;
             let manager = crate::managed_certs::ManagedCerts::new(client, setup.options.clone());

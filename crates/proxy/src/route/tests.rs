@@ -182,3 +182,26 @@ fn digests_that_can_be_verified() {
     assert!(!is_digest(&format!("sha256:{}", "0f".repeat(31))));
     assert!(!is_digest("sha256"));
 }
+
+#[test]
+fn the_ns_parameter_is_decoded_as_a_query() {
+    // What containerd (Go's url.Values) sends for an upstream with a port.
+    assert_eq!(
+        ns_param("ns=127.0.0.1%3A5001").as_deref(),
+        Some("127.0.0.1:5001")
+    );
+    assert_eq!(
+        ns_param("ns=127.0.0.1:5001").as_deref(),
+        Some("127.0.0.1:5001")
+    );
+    assert_eq!(ns_param("n=1&ns=docker.io&x").as_deref(), Some("docker.io"));
+    assert_eq!(ns_param("ns="), None);
+    assert_eq!(ns_param("nsx=docker.io"), None);
+    // The decoded value routes to the upstream with that port.
+    let r = router();
+    let ns = ns_param("ns=127.0.0.1%3A5001");
+    let route = r
+        .route(Some("10.0.0.5:5443"), "/v2/app/manifests/v1", ns.as_deref())
+        .unwrap();
+    assert_eq!(r.host(route.upstream), "127.0.0.1:5001");
+}
