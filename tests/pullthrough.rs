@@ -1312,3 +1312,148 @@ async fn a_client_that_disconnects_does_not_abort_the_fill_and_manifest_lookups_
     assert_eq!(sha256(&again), layer);
     assert_eq!(upstream.requests(&["\"GET /v2/app/blobs/", &layer]), 1);
 }
+
+/// An image that a node can unpack: one gzip'd tar layer (written by
+/// `gzip`, the config's diff_id the digest of the tar), as OCI.
+fn unpackable_image(seed: u64) -> Image {
+    let mut tar = tar::Builder::new(Vec::new());
+    let text = format!("seed {seed}\n");
+    let mut header = tar::Header::new_gnu();
+    header.set_size(text.len() as u64);
+    header.set_mode(0o644);
+    header.set_cksum();
+    tar.append_data(&mut header, "hello.txt", text.as_bytes())
+        .unwrap();
+    let tar = tar.into_inner().unwrap();
+    let mut gzip = Command::new("gzip")
+        .args(["-n", "-c"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut gzip.stdin.take().unwrap(), &tar).unwrap();
+    let layer = gzip.wait_with_output().unwrap().stdout;
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [sha256(&tar)]}
+    }))
+    .unwrap();
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": common::registry::OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256(&config), "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": sha256(&layer), "size": layer.len()}],
+    }))
+    .unwrap();
+    Image {
+        media_type: common::registry::OCI_MANIFEST,
+        config,
+        layers: vec![layer],
+        manifest,
+    }
+}
+
+/// containerd pulls as a node does, through the proxy, with the
+/// `hosts.toml` files that `detour containerd-config` writes: an upstream
+/// with a port (containerd asks `?ns=127.0.0.1%3A<port>`), one named
+/// `localhost:<port>`, one behind TLS with a private CA and a password,
+/// and then with the upstreams stopped (served from the cache). The
+/// upstreams' access logs prove each pull went through the proxy: containerd
+/// never reached them itself (its fallback `server` would have).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containerd_pulls_through_the_proxy_with_the_hosts_toml_detour_writes() {
+    let cache = Cache::local();
+    let dir = tempfile::tempdir().unwrap();
+    let mut by_address = logged_registry();
+    let mut by_name = logged_registry();
+    let mut secure = Registry::start(RegistryOptions {
+        secure: true,
+        access_log: true,
+        ..Default::default()
+    });
+    let images = [
+        unpackable_image(1),
+        unpackable_image(2),
+        unpackable_image(3),
+    ];
+    by_address.push_image("team/app", "v1", &images[0]).await;
+    by_name.push_image("app", "v1", &images[1]).await;
+    secure.push_image("app", "v1", &images[2]).await;
+    let named = format!("localhost:{}", by_name.port);
+    let creds = docker_config(dir.path(), &secure.host(), USER, PASSWORD);
+    let text = format!(
+        "upstreams:\n  - host: \"{a}\"\n  - host: \"{named}\"\n  - host: \"{s}\"\n\
+         registry:\n  allowLoopback: true\n  retries: 0\n  requestTimeout: 5s\n\
+         \x20 plainHttp: [\"{a}\", \"{named}\"]\n  caFiles: [\"{ca}\"]\n  credentials: [\"{creds}\"]\n\
+         cache:\n  directory: {cache}\n",
+        a = by_address.host(),
+        s = secure.host(),
+        ca = secure.ca().display(),
+        creds = creds.display(),
+        cache = dir.path().join("cache").display(),
+    );
+    let proxy = Proxy::start(dir.path(), &text, false, &cache);
+    let hosts = dir.path().join("hosts");
+    let out = Command::new(BIN)
+        .args([
+            "containerd-config",
+            "--config",
+            proxy.config.to_str().unwrap(),
+        ])
+        .args(["--mirror", &proxy.url("")])
+        .args(["--ca", dir.path().join("tls/ca.crt").to_str().unwrap()])
+        .args(["--out", hosts.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let pulls = [
+        format!("{}/team/app:v1", by_address.host()),
+        format!("{named}/app:v1"),
+        format!("{}/app:v1", secure.host()),
+    ];
+    let node = common::containerd::Containerd::start();
+    for (image, expected) in pulls.iter().zip(&images) {
+        let out = node.pull(&hosts, image);
+        assert!(
+            out.status.success(),
+            "{image}: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            proxy.logs()
+        );
+        let listed = node.ctr(&["images", "ls"]);
+        let listed = String::from_utf8_lossy(&listed.stdout);
+        assert!(
+            listed
+                .lines()
+                .any(|l| l.starts_with(image.as_str()) && l.contains(&expected.digest())),
+            "{listed}"
+        );
+    }
+    // Every upstream request came from the proxy's client, none from
+    // containerd's fallback to the upstream itself.
+    for upstream in [&by_address, &by_name, &secure] {
+        assert!(upstream.requests(&["GET ", "detour/"]) >= 1);
+        assert_eq!(upstream.requests(&["containerd"]), 0, "{}", upstream.host());
+    }
+    assert!(proxy.metric("detour_proxy_requests_total", &[("kind", "manifest")]) >= 3.0);
+
+    // The upstreams go down; a new node pulls the same images from the cache.
+    by_address.stop();
+    by_name.stop();
+    secure.stop();
+    let fresh = common::containerd::Containerd::start();
+    for image in &pulls {
+        let out = fresh.pull(&hosts, image);
+        assert!(
+            out.status.success(),
+            "{image} with the upstream down: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            proxy.logs()
+        );
+    }
+}

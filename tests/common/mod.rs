@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod containerd;
 pub mod kube;
 pub mod registry;
 pub mod token;
