@@ -86,6 +86,100 @@ impl Drop for Tinyproxy {
     }
 }
 
+/// Debian's squid, as companies run it: CONNECT for every port, Basic auth
+/// against an htpasswd file (`basic_ncsa_auth`), the access log unbuffered.
+/// squid drops to its `proxy` user, so its directory is readable by all.
+struct Squid {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+/// A password with the characters that a URL must percent-encode.
+const SQUID_PASSWORD: &str = "p@ss:w%rd/x#y?z";
+
+impl Squid {
+    fn start() -> Squid {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let out = Command::new("htpasswd")
+            .args(["-nbm", PROXY_USER, SQUID_PASSWORD])
+            .output()
+            .expect("htpasswd (apache2-utils) is installed");
+        assert!(out.status.success());
+        std::fs::write(root.join("passwd"), &out.stdout).unwrap();
+        for log in ["access.log", "cache.log"] {
+            std::fs::write(root.join(log), "").unwrap();
+            std::fs::set_permissions(root.join(log), std::fs::Permissions::from_mode(0o666))
+                .unwrap();
+        }
+        let port = free_port();
+        let conf = root.join("squid.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "http_port 127.0.0.1:{port}\n\
+                 auth_param basic program /usr/lib/squid/basic_ncsa_auth {0}/passwd\n\
+                 auth_param basic realm detour-tests\n\
+                 acl authed proxy_auth REQUIRED\n\
+                 http_access allow authed\nhttp_access deny all\n\
+                 access_log stdio:{0}/access.log\ncache_log {0}/cache.log\n\
+                 pid_filename none\nnetdb_filename none\ncache deny all\n\
+                 coredump_dir {0}\nshutdown_lifetime 0 seconds\n",
+                root.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("squid")
+            .arg("-N")
+            .arg("-f")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("squid is installed (tests/run.sh installs it)");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "squid did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Squid { child, port, dir }
+    }
+
+    /// The proxy URL with user info, percent-encoded as RFC 3986 wants.
+    fn url_with(&self, user: &str, password: &str) -> String {
+        let encode = |text: &str| {
+            text.bytes()
+                .map(|b| match b {
+                    b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                        (b as char).to_string()
+                    }
+                    _ => format!("%{b:02X}"),
+                })
+                .collect::<String>()
+        };
+        format!(
+            "http://{}:{}@127.0.0.1:{}",
+            encode(user),
+            encode(password),
+            self.port
+        )
+    }
+
+    fn access_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Squid {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// `detour mirror` as a user runs it, with `env` added.
 fn mirror(args: &[&str], env: &[(&str, &str)]) -> (bool, Vec<Value>, String) {
     let out = Command::new(BIN)
@@ -322,8 +416,10 @@ async fn the_address_guard_applies_behind_the_proxy_and_a_dead_proxy_is_a_clear_
     );
     assert!(!ok);
     let error = reports[0]["error"].as_str().unwrap_or(&stderr).to_string();
+    // The proxy's failure, named as the proxy's, with its address.
+    let dead_at = dead.trim_start_matches("http://");
     assert!(
-        error.contains("connect") || error.contains("proxy"),
+        error.contains(&format!("cannot go through the forward proxy {dead_at}")),
         "{error}"
     );
     assert!(started.elapsed() < Duration::from_secs(30));
@@ -373,5 +469,53 @@ async fn webhook_mirror_lookups_go_through_the_configured_proxy() {
         proxy.connects_to(&setup.dest.host()) >= 1,
         "{}",
         proxy.log()
+    );
+}
+
+/// squid with Basic auth, the password in HTTPS_PROXY with `@`, `:`, `%`,
+/// `/`, `#` and `?` percent-encoded (the only way to write it in a URL): it
+/// is sent decoded, as curl and Go's clients send it, and squid lets the
+/// CONNECT tunnels through; a wrong password is squid's 407, said to be
+/// the proxy's, with its address.
+#[tokio::test]
+async fn squid_takes_a_percent_encoded_password_from_the_environment() {
+    let setup = Setup::new().await;
+    let squid = Squid::start();
+    let flags = setup.flags();
+    let (src, dst) = (setup.src(), setup.dst("1.0"));
+    let url = squid.url_with(PROXY_USER, SQUID_PASSWORD);
+    let (ok, reports, stderr) = mirror(
+        &with(&[&src, "--to", &dst], &flags),
+        &[("HTTPS_PROXY", url.as_str()), ("DETOUR_LOG", "debug")],
+    );
+    assert!(ok, "{stderr}\n{reports:?}\n{}", squid.access_log());
+    assert_eq!(
+        skopeo_digest(&setup.dest, "mirror/app:1.0"),
+        setup.image.digest()
+    );
+    let log = squid.access_log();
+    for registry in [&setup.source, &setup.dest] {
+        let tunnel = format!("CONNECT {} {PROXY_USER}", registry.host());
+        assert!(
+            log.lines()
+                .any(|l| l.contains("TCP_TUNNEL/200") && l.contains(&tunnel)),
+            "{log}"
+        );
+    }
+    let everything = format!("{stderr}{reports:?}");
+    assert!(!everything.contains(SQUID_PASSWORD), "password printed");
+    assert!(!everything.contains("p%40ss"), "encoded password printed");
+
+    let wrong = squid.url_with(PROXY_USER, "not-the-password");
+    let (ok, reports, stderr) = mirror(
+        &with(&[&src, "--to", &setup.dst("2.0")], &flags),
+        &[("HTTPS_PROXY", wrong.as_str())],
+    );
+    assert!(!ok);
+    let error = reports[0]["error"].as_str().unwrap_or(&stderr).to_string();
+    let at = format!("forward proxy 127.0.0.1:{}", squid.port);
+    assert!(
+        error.contains(&at) && error.contains("proxy authorization required"),
+        "{error}"
     );
 }

@@ -6,7 +6,8 @@
 #   on 127.0.0.1), skopeo (cross-checks every copy), apache2-utils (htpasswd
 #   for the registry behind Basic auth), tinyproxy (the forward proxy of the
 #   proxy tests), containerd (with ctr: a node pulling through `detour
-#   proxy`). Installed only when missing (as root).
+#   proxy`), squid (a second forward proxy, with Basic auth). Installed only
+#   when missing (as root).
 # - kube-apiserver, kubectl and etcd, built from the Go modules pinned in
 #   tests/kube/go.mod into $CARGO_TARGET_DIR/kube (reused until the pins
 #   change). The tests use this kubectl, put first on PATH.
@@ -27,6 +28,7 @@ command -v skopeo >/dev/null || missing+=(skopeo)
 command -v htpasswd >/dev/null || missing+=(apache2-utils)
 command -v tinyproxy >/dev/null || missing+=(tinyproxy)
 command -v containerd >/dev/null || missing+=(containerd)
+command -v squid >/dev/null || missing+=(squid)
 if ((${#missing[@]})); then
   if [[ $(id -u) -ne 0 ]]; then
     echo "tests/run.sh: install these Debian packages first: ${missing[*]}" >&2

@@ -303,10 +303,11 @@ impl RegistryClient {
             }
             let request = request.build().map_err(|e| MirrorError::transport(op, e))?;
             self.guard_proxied(request.url()).await?;
+            let proxy = self.settings.proxy.proxy_for(request.url()).cloned();
             let delay = match self.http.execute(request).await {
                 Err(e) => {
                     if attempt >= self.settings.retries || !transient_transport(&e) {
-                        return Err(MirrorError::transport(op, e));
+                        return Err(MirrorError::transport_via(op, e, proxy.as_ref()));
                     }
                     backoff(attempt)
                 }

@@ -68,6 +68,31 @@ impl MirrorError {
         }
     }
 
+    /// A transport error of a request sent through the forward proxy
+    /// `proxy` (if any): a connection that failed is the proxy's, and the
+    /// message says so, with the proxy's address (its URL holds no
+    /// credentials).
+    pub fn transport_via(op: &str, e: reqwest::Error, proxy: Option<&reqwest::Url>) -> Self {
+        let connect = e.is_connect();
+        let error = Self::transport(op, e);
+        match (proxy, error) {
+            (Some(proxy), MirrorError::Transport { op, message }) => {
+                let at = format!(
+                    "{}:{}",
+                    proxy.host_str().unwrap_or_default(),
+                    proxy.port_or_known_default().unwrap_or_default()
+                );
+                let message = if connect {
+                    format!("cannot go through the forward proxy {at}: {message}")
+                } else {
+                    format!("{message} (through the forward proxy {at})")
+                };
+                MirrorError::Transport { op, message }
+            }
+            (_, error) => error,
+        }
+    }
+
     pub fn transport(op: &str, e: reqwest::Error) -> Self {
         // Without the URL: upload URLs carry long session state.
         let e = e.without_url();
