@@ -567,6 +567,23 @@ fn unreachable_clusters_and_refused_namespaces_are_reported_not_panicked() {
         .filter(|f| f["action"] == "rewrite")
         .count();
     assert_eq!(rewrites, 2, "{report}");
+    // It may not read the namespace's label, so its mode is not known:
+    // not `off` (the text says why), and nothing is counted as off.
+    assert_eq!(report["namespaces"][ns], "unknown", "{report}");
+    assert!(report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|f| f["mode"] == "unknown"));
+    let text = detour_with_kubeconfig(&viewer, &["--config", config, "audit", "-n", ns]);
+    let text = String::from_utf8(text.stdout).unwrap();
+    assert!(
+        text.contains(&format!(
+            "namespace {ns} (unknown: its detour.dev/mode label could not be read)"
+        )),
+        "{text}"
+    );
+    assert!(!text.contains("(off"), "{text}");
     // It may not read the namespace or the webhook configuration: said so.
     let partial = report["partial"].to_string();
     assert!(partial.contains("read namespaces"), "{partial}");

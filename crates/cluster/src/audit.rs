@@ -48,6 +48,9 @@ pub enum Mode {
     Off,
     /// Never sent to detour (kube-system, detour's own namespace).
     Excluded,
+    /// Its `detour.dev/mode` label could not be read, so its mode is not
+    /// known (the report's `partial` says why).
+    Unknown,
 }
 
 impl Mode {
@@ -57,6 +60,7 @@ impl Mode {
             Mode::Audit => "audit",
             Mode::Off => "off",
             Mode::Excluded => "excluded",
+            Mode::Unknown => "unknown",
         }
     }
 }
@@ -97,6 +101,17 @@ impl Selection {
         match (mode, global) {
             (Mode::Enforce, GlobalMode::Audit) => Mode::Audit,
             (mode, _) => mode,
+        }
+    }
+
+    /// The mode of `namespace` when its label could not be read: excluded
+    /// if the webhook configuration names it, else not known, since the
+    /// label decides (and `off` would be a guess a script could act on).
+    pub fn mode_unread(&self, namespace: &str) -> Mode {
+        if self.excluded.contains(namespace) {
+            Mode::Excluded
+        } else {
+            Mode::Unknown
         }
     }
 }
@@ -365,6 +380,7 @@ fn mode_note(mode: Mode) -> &'static str {
         Mode::Audit => "audit: new Pods get warnings only",
         Mode::Off => "off: not touched until labelled detour.dev/mode=enforce",
         Mode::Excluded => "excluded by the webhook configuration",
+        Mode::Unknown => "unknown: its detour.dev/mode label could not be read",
     }
 }
 

@@ -9,7 +9,7 @@
 //! (`limit`/`continue`), and only the fields detour needs are kept from each
 //! page, so a cluster of 50,000 Pods is never one response or one heap.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
@@ -56,6 +56,8 @@ pub struct Inventory {
     pub workloads: Vec<Workload>,
     /// Every namespace seen, with its `detour.dev/mode` label.
     pub namespace_labels: BTreeMap<String, Option<String>>,
+    /// Namespaces that hold objects but could not be read themselves.
+    pub unreadable_namespaces: BTreeSet<String>,
     pub selection: Selection,
     /// Where `selection` came from.
     pub selection_source: String,
@@ -130,11 +132,13 @@ pub async fn inventory(
         template_workload("CronJob", &c.metadata, template)
     });
     progress(read);
-    // Namespaces that hold objects but could not be read themselves.
+    // Namespaces that hold objects but could not be read themselves: their
+    // label, and so their mode, is not known.
     for w in &inv.workloads {
-        inv.namespace_labels
-            .entry(w.namespace.clone())
-            .or_insert(None);
+        if !inv.namespace_labels.contains_key(&w.namespace) {
+            inv.namespace_labels.insert(w.namespace.clone(), None);
+            inv.unreadable_namespaces.insert(w.namespace.clone());
+        }
     }
     Ok(inv)
 }
@@ -163,7 +167,11 @@ impl Inventory {
             .namespace_labels
             .iter()
             .map(|(ns, label)| {
-                let mode = self.selection.mode(ns, label.as_deref(), config.mode);
+                let mode = if self.unreadable_namespaces.contains(ns) {
+                    self.selection.mode_unread(ns)
+                } else {
+                    self.selection.mode(ns, label.as_deref(), config.mode)
+                };
                 (ns.clone(), mode)
             })
             .collect();

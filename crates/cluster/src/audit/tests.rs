@@ -42,6 +42,10 @@ fn modes_follow_labels_selection_and_global_mode() {
     assert_eq!(cluster_wide.mode("a", Some("off"), e), Mode::Off);
     assert_eq!(cluster_wide.mode("a", Some("other"), e), Mode::Enforce);
     assert_eq!(cluster_wide.mode("kube-system", None, e), Mode::Excluded);
+    // A label that could not be read is not a label that says off.
+    assert_eq!(opt_in.mode_unread("a"), Mode::Unknown);
+    assert_eq!(cluster_wide.mode_unread("a"), Mode::Unknown);
+    assert_eq!(opt_in.mode_unread("kube-system"), Mode::Excluded);
     assert_eq!(
         opt_in.mode("a", Some("enforce"), GlobalMode::Audit),
         Mode::Audit
