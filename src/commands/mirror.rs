@@ -90,7 +90,8 @@ fn layout_source(text: &str, plan: &mut Plan) -> Result<Option<Vec<(usize, Strin
             OciLayout::from_docker_archive(path, &dir)
         }
     }
-    .map_err(|e| format!("{text}: {e}"))?;
+    // These errors name the archive or directory themselves.
+    .map_err(|e| e.to_string())?;
     let names: Vec<String> = layout
         .names()
         .map_err(|e| e.to_string())?
@@ -100,6 +101,12 @@ fn layout_source(text: &str, plan: &mut Plan) -> Result<Option<Vec<(usize, Strin
         .collect();
     if names.is_empty() {
         return Err(format!("{text}: no such image in the layout"));
+    }
+    // Whole, with the right bytes, before anything is sent anywhere.
+    for name in &names {
+        layout
+            .check_image(name)
+            .map_err(|e| format!("{text}: {e}"))?;
     }
     plan.layouts.push(layout);
     let index = plan.layouts.len() - 1;

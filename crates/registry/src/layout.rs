@@ -83,6 +83,14 @@ impl OciLayout {
     /// refused, as is a truncated archive, before anything is read from it.
     pub fn unpack(archive: &Path, into: &Path) -> Result<OciLayout, MirrorError> {
         extract(archive, into, false)?;
+        for file in ["oci-layout", "index.json"] {
+            if !into.join(file).is_file() {
+                return Err(MirrorError::Invalid(format!(
+                    "{}: no {file}: not an OCI archive, or cut short",
+                    archive.display()
+                )));
+            }
+        }
         OciLayout::existing(into)
     }
 
@@ -306,6 +314,93 @@ impl OciLayout {
         }))
     }
 
+    /// Checks that image `name` is whole: every manifest, config and layer
+    /// it needs (every child of an index) is here, of the size its
+    /// descriptor gives and with the digest it is named by. A copy from a
+    /// layout calls this first, so that an archive cut short or a blob with
+    /// other bytes is refused before anything reaches the destination.
+    /// Errors name what is missing by digest and role, not by a path inside
+    /// the layout (for an archive that is a scratch directory).
+    pub fn check_image(&self, name: &str) -> Result<(), MirrorError> {
+        let top = self.named(name)?;
+        let incomplete = |what: String| MirrorError::Invalid(format!("image {name:?}: {what}"));
+        let mut manifests = vec![(
+            top.digest.clone(),
+            top.media_type.clone(),
+            "manifest".to_string(),
+        )];
+        while let Some((digest, media_type, role)) = manifests.pop() {
+            if !self.has_blob(&digest)? {
+                return Err(incomplete(format!(
+                    "{role} {digest} is missing (cut short?)"
+                )));
+            }
+            let manifest = self
+                .read_manifest(&digest, &media_type)
+                .map_err(|e| incomplete(format!("{role} {digest} {}", without_paths(&e))))?;
+            let kind = super::manifest::kind(&media_type).or_else(|| {
+                super::manifest::media_type(&manifest.bytes, None)
+                    .ok()
+                    .and_then(|t| super::manifest::kind(&t))
+            });
+            if kind == Some(super::manifest::ManifestKind::Index) {
+                for child in super::manifest::children(&manifest.bytes)? {
+                    let role = match &child.platform {
+                        Some(p) => format!("manifest for {p}"),
+                        None => "child manifest".to_string(),
+                    };
+                    manifests.push((child.digest, child.media_type, role));
+                }
+                continue;
+            }
+            for (n, blob) in super::manifest::blobs(&manifest.bytes)?
+                .into_iter()
+                .enumerate()
+            {
+                let role = if n == 0 {
+                    "config".to_string()
+                } else {
+                    format!("layer {n}")
+                };
+                self.check_blob(&blob.digest, blob.size)
+                    .map_err(|why| incomplete(format!("{role} {} {why}", blob.digest)))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Present, of `size` bytes, with the bytes `digest` names.
+    fn check_blob(&self, digest: &str, size: u64) -> Result<(), String> {
+        use std::io::Read;
+        let path = self.blob_path(digest).map_err(|e| e.to_string())?;
+        let meta = match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.is_file() => meta,
+            Ok(_) => return Err("is not a file".into()),
+            Err(_) => return Err("is missing (cut short?)".into()),
+        };
+        if meta.len() != size {
+            return Err(format!(
+                "has {} bytes where the manifest says {size} (cut short?)",
+                meta.len()
+            ));
+        }
+        let mut hasher = super::digest::Hasher::for_digest(digest).map_err(|e| e.to_string())?;
+        let mut file = std::fs::File::open(&path).map_err(|e| e.to_string())?;
+        let mut buffer = vec![0; 256 * 1024];
+        loop {
+            match file.read(&mut buffer) {
+                Ok(0) => break,
+                Ok(n) => hasher.update(&buffer[..n]),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        let actual = hasher.finish();
+        if actual != digest {
+            return Err(format!("has bytes of another digest, {actual}"));
+        }
+        Ok(())
+    }
+
     pub fn has_blob(&self, digest: &str) -> Result<bool, MirrorError> {
         Ok(self.blob_path(digest)?.is_file())
     }
@@ -502,7 +597,7 @@ fn extract(
         .entries()
         .map_err(|e| bad(format!("not a tar archive: {e}")))?;
     for entry in entries {
-        let mut entry = entry.map_err(|e| bad(format!("truncated or damaged: {e}")))?;
+        let mut entry = entry.map_err(|e| bad(format!("cut short or damaged: {e}")))?;
         let path = entry
             .path()
             .map_err(|e| bad(format!("bad path: {e}")))?
@@ -532,14 +627,31 @@ fn extract(
         }) {
             return Err(bad(format!("{} leaves the archive", path.display())));
         }
-        let unpacked = entry
-            .unpack_in(into)
-            .map_err(|e| bad(format!("truncated or damaged at {}: {e}", path.display())))?;
+        // The error's own text names the scratch directory: only its kind.
+        let unpacked = entry.unpack_in(into).map_err(|e| {
+            bad(match e.kind() {
+                // What the tar reader says when the data ends early.
+                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::Other => {
+                    format!("cut short inside {}", path.display())
+                }
+                kind => format!("cannot unpack {}: {kind}", path.display()),
+            })
+        })?;
         if !unpacked {
             return Err(bad(format!("{} leaves the archive", path.display())));
         }
     }
     Ok(links)
+}
+
+/// An error's text for a user who never saw the layout's directory.
+fn without_paths(e: &MirrorError) -> String {
+    match e {
+        MirrorError::DigestMismatch { actual, .. } => {
+            format!("has bytes of another digest, {actual}")
+        }
+        other => other.to_string(),
+    }
 }
 
 /// `path` without `.` components.
