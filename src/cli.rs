@@ -414,6 +414,7 @@ impl RegistryArgs {
         s.ca_files.extend(self.ca_file.iter().cloned());
         s.plain_http.extend(self.plain_http.iter().cloned());
         s.allow_loopback |= self.allow_loopback;
+        s.allow_loopback_setting = "--allow-loopback (or mirror.allowLoopback in the config)";
         if let Some(proxy) = &self.proxy {
             s.proxy = Some(proxy.clone());
         }

@@ -308,7 +308,11 @@ async fn loopback_and_metadata_addresses_are_refused_unless_allowed() {
         .unwrap();
     assert!(!out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("loopback address"), "{text}");
+    // The flag that permits it, on the command line.
+    assert!(
+        text.contains("loopback address (set --allow-loopback"),
+        "{text}"
+    );
     let out = Command::new(BIN)
         .args([
             "mirror",

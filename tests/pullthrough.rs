@@ -1015,7 +1015,11 @@ async fn refuses_unlisted_upstreams_guarded_addresses_path_escapes_and_pushes() 
     // Configs naming a guarded address, or nothing, are refused at start.
     for (upstreams, allow_loopback, needle) in [
         ("  - host: 169.254.169.254\n", true, "metadata"),
-        ("  - host: \"127.0.0.1:5000\"\n", false, "loopback"),
+        (
+            "  - host: \"127.0.0.1:5000\"\n",
+            false,
+            "loopback address (set registry.allowLoopback to permit it)",
+        ),
         ("  - host: \"[::1]:5000\"\n", false, "loopback"),
         ("  - host: \"a.example/b\"\n", true, "not a registry"),
         (

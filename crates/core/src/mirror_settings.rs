@@ -29,6 +29,12 @@ pub struct MirrorSettings {
     /// cloud metadata addresses, which are always refused).
     #[serde(default)]
     pub allow_loopback: bool,
+    /// How the user permits loopback where these settings came from
+    /// (`mirror.allowLoopback` in the webhook's config, the proxy's
+    /// `registry.allowLoopback`, `--allow-loopback`), for the refusal's
+    /// message. Not a key of the file.
+    #[serde(skip)]
+    pub allow_loopback_setting: &'static str,
     /// A forward proxy for every registry (`http://host:port`); without it,
     /// `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY` from the environment.
     #[serde(default)]

@@ -196,6 +196,9 @@ pub enum ProxyConfigError {
     Invalid(String),
 }
 
+/// The key of this config that permits loopback upstreams.
+const LOOPBACK_SETTING: &str = "registry.allowLoopback";
+
 impl ProxyConfig {
     pub fn load(path: &std::path::Path) -> Result<ProxyConfig, ProxyConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ProxyConfigError::Read {
@@ -206,8 +209,9 @@ impl ProxyConfig {
     }
 
     pub fn parse(text: &str) -> Result<ProxyConfig, ProxyConfigError> {
-        let config: ProxyConfig =
+        let mut config: ProxyConfig =
             serde_yaml_ng::from_str(text).map_err(|e| ProxyConfigError::Invalid(e.to_string()))?;
+        config.registry.allow_loopback_setting = LOOPBACK_SETTING;
         config.validate()?;
         Ok(config)
     }
@@ -221,6 +225,7 @@ impl ProxyConfig {
         let router = self.router();
         let policy = detour_registry::safety::AddressPolicy {
             allow_loopback: self.registry.allow_loopback,
+            loopback_setting: LOOPBACK_SETTING,
         };
         let mut names = std::collections::HashSet::new();
         for (i, upstream) in self.upstreams.iter().enumerate() {
@@ -310,7 +315,10 @@ impl ProxyConfig {
         .collect();
         ProxyConfig {
             upstreams,
-            registry: MirrorSettings::default(),
+            registry: MirrorSettings {
+                allow_loopback_setting: LOOPBACK_SETTING,
+                ..MirrorSettings::default()
+            },
             cache: CacheSettings {
                 directory,
                 max_size: ByteSize(2 << 30),

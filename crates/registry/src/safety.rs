@@ -23,16 +23,33 @@ const METADATA_V4: [Ipv4Addr; 2] = [
 /// AWS IMDS over IPv6.
 const METADATA_V6: [Ipv6Addr; 1] = [Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)];
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AddressPolicy {
     /// Loopback is refused unless the config allows it (tests, or a mirror
     /// on the node itself).
     pub allow_loopback: bool,
+    /// The config key or flag that allows it, named in the refusal.
+    pub loopback_setting: &'static str,
+}
+
+impl Default for AddressPolicy {
+    fn default() -> Self {
+        AddressPolicy {
+            allow_loopback: false,
+            loopback_setting: "mirror.allowLoopback",
+        }
+    }
 }
 
 impl AddressPolicy {
     /// Why `ip` is refused, or `None` when detour may connect to it.
-    pub fn refusal(&self, ip: IpAddr) -> Option<&'static str> {
+    pub fn refusal(&self, ip: IpAddr) -> Option<String> {
+        let loopback = || {
+            format!(
+                "a loopback address (set {} to permit it)",
+                self.loopback_setting
+            )
+        };
         let ip = match ip {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
             v4 => v4,
@@ -40,26 +57,26 @@ impl AddressPolicy {
         match ip {
             IpAddr::V4(v4) => {
                 if METADATA_V4.contains(&v4) || v4 == Ipv4Addr::new(169, 254, 169, 254) {
-                    Some("a cloud metadata address")
+                    Some("a cloud metadata address".into())
                 } else if v4.is_link_local() {
-                    Some("a link-local address")
+                    Some("a link-local address".into())
                 } else if v4.is_unspecified() || v4.is_broadcast() || v4.is_multicast() {
-                    Some("not a unicast address")
+                    Some("not a unicast address".into())
                 } else if v4.is_loopback() && !self.allow_loopback {
-                    Some("a loopback address (set mirror.allowLoopback to permit it)")
+                    Some(loopback())
                 } else {
                     None
                 }
             }
             IpAddr::V6(v6) => {
                 if METADATA_V6.contains(&v6) {
-                    Some("a cloud metadata address")
+                    Some("a cloud metadata address".into())
                 } else if (v6.segments()[0] & 0xffc0) == 0xfe80 {
-                    Some("a link-local address")
+                    Some("a link-local address".into())
                 } else if v6.is_unspecified() || v6.is_multicast() {
-                    Some("not a unicast address")
+                    Some("not a unicast address".into())
                 } else if v6.is_loopback() && !self.allow_loopback {
-                    Some("a loopback address (set mirror.allowLoopback to permit it)")
+                    Some(loopback())
                 } else {
                     None
                 }
@@ -136,7 +153,7 @@ impl Resolve for GuardedResolver {
                 })
                 .collect();
             if allowed.is_empty() {
-                let why = refused.unwrap_or("no address");
+                let why = refused.unwrap_or_else(|| "no address".into());
                 return Err(format!("{host} resolves only to refused addresses ({why})").into());
             }
             Ok(Box::new(allowed.into_iter()) as Addrs)
@@ -175,8 +192,22 @@ mod tests {
         }
         let loose = AddressPolicy {
             allow_loopback: true,
+            ..AddressPolicy::default()
         };
         assert_eq!(loose.refusal("127.0.0.1".parse().unwrap()), None);
+        // The refusal names the setting of where the settings came from.
+        let proxy = AddressPolicy {
+            loopback_setting: "registry.allowLoopback",
+            ..AddressPolicy::default()
+        };
+        assert_eq!(
+            proxy.check_host("127.0.0.1").unwrap_err(),
+            "127.0.0.1 is a loopback address (set registry.allowLoopback to permit it)"
+        );
+        assert!(strict
+            .check_host("127.0.0.1")
+            .unwrap_err()
+            .contains("set mirror.allowLoopback"));
         assert!(loose.refusal("169.254.169.254".parse().unwrap()).is_some());
         assert!(strict.check_host("[::1]").is_err());
         assert!(strict.check_host("registry.example").is_ok());
@@ -227,6 +258,7 @@ mod tests {
         let loose = GuardedResolver {
             policy: AddressPolicy {
                 allow_loopback: true,
+                ..AddressPolicy::default()
             },
             exempt: vec![],
         };
