@@ -215,9 +215,14 @@ pub struct AuditArgs {
     /// Ask the mirror (a HEAD per rewritten image) whether it has each image.
     #[arg(long)]
     pub check_mirror: bool,
-    /// Exit with CODE (default 3) when --check-mirror finds images the mirror lacks.
+    /// Exit with CODE (default 3) when the mirror lacks a rewritten image (asks the mirror:
+    /// implies --check-mirror).
     #[arg(long, value_name = "CODE", num_args = 0..=1, default_missing_value = "3")]
     pub fail_on_missing: Option<u8>,
+    /// With --fail-on-missing, fail too when the mirror could not be asked about an image
+    /// (its state is unknown), rather than pass having checked nothing.
+    #[arg(long, requires = "fail_on_missing")]
+    pub fail_on_unknown: bool,
     /// Mirror lookups at once.
     #[arg(long, default_value_t = 8, value_name = "N")]
     pub lookups: usize,

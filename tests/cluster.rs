@@ -289,7 +289,7 @@ fn audit_of_5000_pods_in_50_namespaces_matches_the_config() {
 }
 
 #[test]
-fn check_mirror_marks_present_and_absent_images_and_can_fail_a_gate() {
+fn check_mirror_marks_present_and_missing_images_and_can_fail_a_gate() {
     let _turn = serial();
     let cp = control_plane();
     let mirror = Registry::start(RegistryOptions::default());
@@ -354,10 +354,10 @@ fn check_mirror_marks_present_and_absent_images_and_can_fail_a_gate() {
             .unwrap()
     };
     assert_eq!(state_of("registry.k8s.io/pause:3.9"), "present");
-    assert_eq!(state_of("registry.k8s.io/kube-proxy:v1.37.2"), "absent");
+    assert_eq!(state_of("registry.k8s.io/kube-proxy:v1.37.2"), "missing");
     assert_eq!(state_of("nginx:1.25"), Value::Null);
     assert_eq!(report["summary"]["mirrorPresent"], 1);
-    assert_eq!(report["summary"]["mirrorAbsent"], 1);
+    assert_eq!(report["summary"]["mirrorMissing"], 1);
 
     // As a CI gate: exit 3 (or the code given) when something is missing.
     let out = run(&["--fail-on-missing"]);
@@ -373,8 +373,20 @@ fn check_mirror_marks_present_and_absent_images_and_can_fail_a_gate() {
         "{text}"
     );
     assert_eq!(run(&["--fail-on-missing=9"]).status.code(), Some(9));
+    // --fail-on-missing asks the mirror even without --check-mirror.
+    let gate = [
+        "--config",
+        config.to_str().unwrap(),
+        "audit",
+        "-n",
+        ns,
+        "--fail-on-missing",
+    ];
+    let out = detour_on(cp, &[&gate[..], &registry_flags[..]].concat());
+    assert_eq!(out.status.code(), Some(3));
     // Without the loopback permission the address guard refuses to ask:
-    // unknown, not absent, and the reason is shown.
+    // unknown, not missing, and the reason is shown; the gate says it
+    // checked nothing, and --fail-on-unknown fails on that.
     let all = args(&["--plain-http", host.as_str(), "--fail-on-missing"]);
     let all: Vec<&str> = all.iter().map(String::as_str).collect();
     let out = detour_on(cp, &all);
@@ -385,6 +397,20 @@ fn check_mirror_marks_present_and_absent_images_and_can_fail_a_gate() {
         "{text}"
     );
     assert!(text.contains("mirror lookup failed for"), "{text}");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr
+            .contains("detour: 2 rewritten images were not checked: the mirror could not be asked"),
+        "{stderr}"
+    );
+    let all = args(&[
+        "--plain-http",
+        host.as_str(),
+        "--fail-on-missing",
+        "--fail-on-unknown",
+    ]);
+    let all: Vec<&str> = all.iter().map(String::as_str).collect();
+    assert_eq!(detour_on(cp, &all).status.code(), Some(3));
 }
 
 #[test]
@@ -516,6 +542,28 @@ fn unreachable_clusters_and_refused_namespaces_are_reported_not_panicked() {
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("unauthorized"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+
+    // A CA that did not sign the apiserver's certificate: said to be a
+    // certificate the kubeconfig does not trust, not a connection error
+    // like nothing listening; one line, no token.
+    let other_ca = dir.path().join("other-ca");
+    make_certs(&other_ca);
+    let untrusted = dir.path().join("untrusted");
+    write_kubeconfig(&untrusted, cp.port, &other_ca.join("ca.crt"), VIEWER_TOKEN);
+    let out = detour_with_kubeconfig(&untrusted, &["audit"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("the apiserver's certificate is not trusted (check certificate-authority in the kubeconfig)"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(VIEWER_TOKEN), "{stderr}");
+    let dead_stderr =
+        String::from_utf8_lossy(&detour_with_kubeconfig(&dead, &["audit"]).stderr).to_string();
+    assert!(!dead_stderr.contains("certificate"), "{dead_stderr}");
+    assert!(dead_stderr.contains("Connection refused"), "{dead_stderr}");
 
     // A user allowed to read one namespace only: the cluster-wide lists are
     // refused and said to be partial; that namespace alone works.

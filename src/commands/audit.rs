@@ -50,7 +50,7 @@ async fn check_mirror(
     for (image, answer) in answers {
         let state = match answer {
             Ok(true) => MirrorState::Present,
-            Ok(false) => MirrorState::Absent,
+            Ok(false) => MirrorState::Missing,
             Err(e) => {
                 errors.insert(image.clone(), e);
                 MirrorState::Unknown
@@ -66,7 +66,8 @@ pub async fn run(args: &AuditArgs, config: &Config, out: &mut dyn Write) -> Resu
     let inventory = cluster::read(&args.cluster, !args.no_progress).await?;
     let source = inventory.selection_source.clone();
     let mut report = inventory.report(config);
-    if args.check_mirror {
+    // A gate on missing images has to ask the mirror.
+    if args.check_mirror || args.fail_on_missing.is_some() {
         let settings = args.registry.settings(config);
         let images = report
             .rewritten_images()
@@ -96,8 +97,25 @@ pub async fn run(args: &AuditArgs, config: &Config, out: &mut dyn Write) -> Resu
         }
     }
     let missing = !report.missing().is_empty();
+    let unknown = report.summary().mirror_unknown;
+    if args.fail_on_missing.is_some() && unknown > 0 && !args.fail_on_unknown {
+        eprintln!(
+            "detour: {} not checked: the mirror could not be asked (see the mirror errors); \
+             --fail-on-unknown fails the gate on them",
+            plural(unknown, "rewritten image was", "rewritten images were")
+        );
+    }
     Ok(match args.fail_on_missing {
-        Some(code) if missing => i32::from(code),
+        Some(code) if missing || (args.fail_on_unknown && unknown > 0) => i32::from(code),
         _ => 0,
     })
+}
+
+/// `1 image was` / `2 images were`.
+fn plural(n: usize, one: &str, many: &str) -> String {
+    if n == 1 {
+        format!("1 {one}")
+    } else {
+        format!("{n} {many}")
+    }
 }

@@ -131,7 +131,7 @@ pub enum Action {
 #[serde(rename_all = "lowercase")]
 pub enum MirrorState {
     Present,
-    Absent,
+    Missing,
     /// The registry could not be asked (its error is in the report).
     Unknown,
 }
@@ -251,7 +251,7 @@ impl Report {
     pub fn missing(&self) -> BTreeSet<&str> {
         self.findings
             .iter()
-            .filter(|f| f.mirror == Some(MirrorState::Absent))
+            .filter(|f| f.mirror == Some(MirrorState::Missing))
             .filter_map(|f| f.to.as_deref())
             .collect()
     }
@@ -283,7 +283,7 @@ impl Report {
                 if seen.insert(to) {
                     match state {
                         MirrorState::Present => s.mirror_present += 1,
-                        MirrorState::Absent => s.mirror_absent += 1,
+                        MirrorState::Missing => s.mirror_missing += 1,
                         MirrorState::Unknown => s.mirror_unknown += 1,
                     }
                 }
@@ -348,7 +348,7 @@ impl Report {
                 let more = if count > 3 { ", ..." } else { "" };
                 let mirror = match first.mirror {
                     Some(MirrorState::Present) => "  [mirror: present]",
-                    Some(MirrorState::Absent) => "  [mirror: MISSING]",
+                    Some(MirrorState::Missing) => "  [mirror: MISSING]",
                     Some(MirrorState::Unknown) => "  [mirror: unknown]",
                     None => "",
                 };
@@ -398,7 +398,7 @@ pub struct Summary {
     pub skipped: usize,
     pub invalid: usize,
     pub mirror_present: usize,
-    pub mirror_absent: usize,
+    pub mirror_missing: usize,
     pub mirror_unknown: usize,
 }
 
@@ -424,22 +424,24 @@ impl std::fmt::Display for Summary {
         )?;
         writeln!(
             f,
-            "rewrite: {rewrites} containers{} to {} distinct images; unchanged: {}; skipped: {}; invalid: {}",
+            "rewrite: {rewrites} {}{} to {} distinct {}; unchanged: {}; skipped: {}; invalid: {}",
+            plural(rewrites, "container", "containers"),
             if by_mode.is_empty() {
                 String::new()
             } else {
                 format!(" ({})", by_mode.join(", "))
             },
             self.distinct_rewrites,
+            plural(self.distinct_rewrites, "image", "images"),
             self.unchanged,
             self.skipped,
             self.invalid
         )?;
-        if self.mirror_present + self.mirror_absent + self.mirror_unknown > 0 {
+        if self.mirror_present + self.mirror_missing + self.mirror_unknown > 0 {
             writeln!(
                 f,
                 "mirror: {} present, {} missing, {} unknown",
-                self.mirror_present, self.mirror_absent, self.mirror_unknown
+                self.mirror_present, self.mirror_missing, self.mirror_unknown
             )?;
         }
         Ok(())

@@ -96,7 +96,11 @@ pub async fn inventory(
             })
             .await;
             if let Err(e) = result {
-                partial_or_fail(&mut inv.partial, &format!("list {}", $kind), ns, e)?;
+                let scope = match ns {
+                    Some(ns) => Scope::Namespace(ns),
+                    None => Scope::AllNamespaces,
+                };
+                partial_or_fail(&mut inv.partial, &format!("list {}", $kind), scope, e)?;
             }
         }};
     }
@@ -190,16 +194,17 @@ impl Inventory {
 fn partial_or_fail(
     partial: &mut Vec<String>,
     what: &str,
-    namespace: Option<&str>,
+    scope: Scope,
     error: kube::Error,
 ) -> Result<(), ClusterError> {
-    let scope = match namespace {
-        Some(ns) => format!("in namespace {ns}"),
-        None => "in all namespaces".to_string(),
+    let scope = match scope {
+        Scope::Namespace(ns) => format!(" in namespace {ns}"),
+        Scope::AllNamespaces => " in all namespaces".to_string(),
+        Scope::Cluster => String::new(),
     };
     match &error {
         kube::Error::Api(status) if status.code == 403 => {
-            partial.push(format!("{what} {scope}: forbidden ({})", status.message));
+            partial.push(format!("{what}{scope}: forbidden ({})", status.message));
             Ok(())
         }
         kube::Error::Api(status) if status.code == 404 => {
@@ -211,10 +216,43 @@ fn partial_or_fail(
             status.message
         ))),
         kube::Error::Api(status) => Err(ClusterError::Api(format!(
-            "{what} {scope}: {} ({})",
+            "{what}{scope}: {} ({})",
             status.message, status.code
         ))),
-        other => Err(ClusterError::Unreachable(format!("{what}: {other}"))),
+        other => Err(ClusterError::Unreachable(unreachable(what, other))),
+    }
+}
+
+/// Where a request looked: one namespace, every namespace, or a
+/// cluster-scoped object (which has no namespace to name).
+#[derive(Debug, Clone, Copy)]
+enum Scope<'a> {
+    Namespace(&'a str),
+    AllNamespaces,
+    Cluster,
+}
+
+/// Why the API could not be reached, with every cause: the client's own
+/// words (`client error (Connect)`) say the same for nothing listening and
+/// for a certificate the kubeconfig does not trust; the causes tell them
+/// apart.
+fn unreachable(what: &str, error: &kube::Error) -> String {
+    let mut parts = vec![error.to_string()];
+    let mut cause = std::error::Error::source(error);
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        cause = c.source();
+    }
+    let chain = parts.join(": ");
+    if chain.contains("invalid peer certificate") || chain.contains("certificate verify") {
+        format!(
+            "{what}: the apiserver's certificate is not trusted (check certificate-authority in the kubeconfig): {chain}"
+        )
+    } else {
+        format!("{what}: {chain}")
     }
 }
 
@@ -249,7 +287,7 @@ async fn read_selection(
             partial_or_fail(
                 &mut inv.partial,
                 &format!("get mutatingwebhookconfiguration {name}"),
-                None,
+                Scope::Cluster,
                 e,
             )?;
             inv.selection_source = format!(
@@ -320,7 +358,7 @@ async fn read_namespaces(
     };
     match result {
         Ok(()) => Ok(()),
-        Err(e) => partial_or_fail(&mut inv.partial, "read namespaces", None, e),
+        Err(e) => partial_or_fail(&mut inv.partial, "read namespaces", Scope::Cluster, e),
     }
 }
 

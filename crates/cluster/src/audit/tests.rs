@@ -99,7 +99,7 @@ fn findings_decide_each_container_and_the_summary_counts_them() {
     );
     report.set_mirror_states(&BTreeMap::from([(
         "m.daocloud.io/registry.k8s.io/pause:3.9".to_string(),
-        MirrorState::Absent,
+        MirrorState::Missing,
     )]));
     assert_eq!(
         report.missing(),
@@ -114,7 +114,14 @@ fn findings_decide_each_container_and_the_summary_counts_them() {
         (summary.unchanged, summary.skipped, summary.invalid),
         (1, 2, 1)
     );
-    assert_eq!(summary.mirror_absent, 1);
+    assert_eq!(summary.mirror_missing, 1);
+    // Singular where there is one.
+    assert!(
+        summary
+            .to_string()
+            .contains("rewrite: 2 containers (2 enforce) to 1 distinct image; "),
+        "{summary}"
+    );
     let text = report.text();
     assert!(text.contains("namespace a (enforce"), "{text}");
     assert!(
