@@ -120,7 +120,10 @@ pub struct ContainerdConfigArgs {
 
 #[derive(Debug, Args)]
 pub struct MirrorArgs {
-    /// Images to copy. Each goes where the config's rules rewrite it, or to --to.
+    /// Images to copy. Each goes where the config's rules rewrite it, or to --to. A source may
+    /// also be `oci:DIR[:NAME]` (an OCI image layout), `oci-archive:FILE[:NAME]` (the same as
+    /// one tar) or `docker-archive:FILE[:NAME]` (what `docker save` writes): every image in it,
+    /// or the one named.
     #[arg(value_name = "SRC")]
     pub images: Vec<String>,
     /// Destination for a single image (a repository, with or without a tag), or

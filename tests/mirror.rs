@@ -685,6 +685,76 @@ async fn an_oci_archive_carries_several_images_that_skopeo_reads() {
     );
 }
 
+/// An archive's images are named as the user names them: in `--help`, in
+/// the hint when `--to` meets several images, and in each report, failed
+/// or not (never the image's own name or a scratch directory).
+#[tokio::test]
+async fn archive_sources_are_named_as_the_user_names_them() {
+    let help = Command::new(BIN)
+        .args(["mirror", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for form in [
+        "oci:DIR[:NAME]",
+        "oci-archive:FILE[:NAME]",
+        "docker-archive:FILE[:NAME]",
+    ] {
+        assert!(help.contains(form), "{form}: {help}");
+    }
+    let source = Registry::start(RegistryOptions::default());
+    let mut dest = Registry::start(RegistryOptions::default());
+    source
+        .push_image("team/a", "1", &Image::new(false, &[3_000], 91))
+        .await;
+    source
+        .push_image("team/b", "1", &Image::new(false, &[3_000], 92))
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("two.tar");
+    let (a, b) = (
+        format!("{}/team/a:1", source.host()),
+        format!("{}/team/b:1", source.host()),
+    );
+    let to = format!("oci-archive:{}", archive.display());
+    let (ok, _, stderr) = mirror_plain(&[&source], &[&a, &b, "--to", &to]);
+    assert!(ok, "{stderr}");
+    let target = format!("{}/air/x:1", dest.host());
+    let (ok, _, stderr) = mirror_plain(&[&dest], &[&to, "--to", &target]);
+    assert!(!ok);
+    assert!(
+        stderr.contains(&format!("{to} holds several (name one: {to}:NAME)")),
+        "{stderr}"
+    );
+    // A copy that fails (the destination is gone) names the archive's image.
+    let one = format!("{to}:{a}");
+    let (ok, reports, stderr) = mirror_plain(&[&dest], &[&one, "--to", &target]);
+    assert!(ok, "{stderr}");
+    assert_eq!(reports[0]["source"], one.as_str());
+    dest.stop();
+    let (ok, reports, _) = mirror_plain(&[&dest], &[&one, "--to", &target, "--retries", "0"]);
+    assert!(!ok);
+    assert_eq!(reports[0]["source"], one.as_str(), "{reports:?}");
+    let out = Command::new(BIN)
+        .args([
+            "mirror",
+            &one,
+            "--to",
+            &target,
+            "--retries",
+            "0",
+            "--no-progress",
+        ])
+        .args(["--allow-loopback", "--plain-http", &dest.host()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with(&format!("FAILED {one} -> {target}: ")),
+        "{text}"
+    );
+}
+
 /// `detour mirror` with `--plain-http` for `registries` and `extra` args.
 fn mirror_plain(registries: &[&Registry], fixed: &[&str]) -> (bool, Vec<Value>, String) {
     let flags = plain(registries);

@@ -47,6 +47,10 @@ pub struct CopyJob {
 pub struct Plan {
     pub jobs: Vec<CopyJob>,
     pub layouts: Vec<detour_registry::layout::OciLayout>,
+    /// How the user named each layout (`oci-archive:FILE`, `oci:DIR`,
+    /// `docker-archive:FILE`), for messages: an archive's layout is a
+    /// scratch directory the user never saw.
+    pub layout_sources: Vec<String>,
     /// Archives unpacked for reading, removed when the command ends.
     pub scratch: Vec<std::path::PathBuf>,
 }
@@ -109,6 +113,13 @@ fn layout_source(text: &str, plan: &mut Plan) -> Result<Option<Vec<(usize, Strin
             .map_err(|e| format!("{text}: {e}"))?;
     }
     plan.layouts.push(layout);
+    let prefix = match kind {
+        Kind::Dir => "oci",
+        Kind::OciArchive => "oci-archive",
+        Kind::DockerArchive => "docker-archive",
+    };
+    plan.layout_sources
+        .push(format!("{prefix}:{}", path.display()));
     let index = plan.layouts.len() - 1;
     Ok(Some(names.into_iter().map(|n| (index, n)).collect()))
 }
@@ -153,6 +164,7 @@ pub fn plan(
     let mut plan = Plan {
         jobs: Vec::new(),
         layouts: Vec::new(),
+        layout_sources: Vec::new(),
         scratch: Vec::new(),
     };
     let result = plan_jobs(args, config, from_cluster, &mut plan);
@@ -220,7 +232,10 @@ fn plan_jobs(
             let destination = match (&args.to, single) {
                 (Some(to), true) => to.clone(),
                 (Some(_), false) => {
-                    return Err("--to takes exactly one image; the layout holds several (name one: oci:DIR:NAME)".into())
+                    return Err(format!(
+                        "--to takes exactly one image; {} holds several (name one: {}:NAME)",
+                        plan.layout_sources[index], plan.layout_sources[index]
+                    ))
                 }
                 (None, _) => match config.rules.rewrite(&name) {
                     Outcome::Rewritten { to, .. } => to.to_string(),
@@ -373,15 +388,22 @@ async fn run_plan(
     let mut total = CopyReport::default();
     let mut failed = 0usize;
     for job in jobs {
-        bar.set_message(job.source.to_string());
+        // An image of a layout or archive is named as the user names it.
+        let source = match &job.from_layout {
+            Some((index, name)) => format!("{}:{name}", plan.layout_sources[*index]),
+            None => job.source.to_string(),
+        };
+        bar.set_message(source.clone());
         let one = Instant::now();
         let result = match (&job.destination, &layout) {
             (Destination::Registry(to), _) => match &job.from_layout {
-                Some((index, name)) => {
-                    copier
-                        .copy_from_layout(&plan.layouts[*index], name, to, observer.clone())
-                        .await
-                }
+                Some((index, name)) => copier
+                    .copy_from_layout(&plan.layouts[*index], name, to, observer.clone())
+                    .await
+                    .map(|mut report| {
+                        report.source = source.clone();
+                        report
+                    }),
                 None => copier.copy(&job.source, to, observer.clone()).await,
             },
             (Destination::Layout(name), Some(layout)) => copier
@@ -409,14 +431,14 @@ async fn run_plan(
             }
             (Err(e), OutputFormat::Json) => {
                 let value = serde_json::json!({
-                    "source": job.source.to_string(),
+                    "source": source,
                     "destination": job.destination.to_string(),
                     "error": e.to_string(),
                 });
                 bar.suspend(|| writeln!(out, "{value}")).map_err(io)?;
             }
             (Err(e), OutputFormat::Text) => {
-                bar.suspend(|| writeln!(out, "FAILED {} -> {}: {e}", job.source, job.destination))
+                bar.suspend(|| writeln!(out, "FAILED {source} -> {}: {e}", job.destination))
                     .map_err(io)?;
             }
         }
