@@ -82,9 +82,10 @@ pub struct ProxyArgs {
     /// Admin address (plain HTTP: /livez, /readyz, /metrics). Default 0.0.0.0:8080, or 127.0.0.1:8081 with --dev.
     #[arg(long, env = "DETOUR_ADMIN_LISTEN")]
     pub admin_listen: Option<std::net::SocketAddr>,
-    /// Directory with tls.crt (chain) and tls.key; reloaded when they change.
-    #[arg(long, env = "DETOUR_CERT_DIR", default_value = "certs")]
-    pub cert_dir: PathBuf,
+    /// Directory with tls.crt (chain) and tls.key; reloaded when they change. Default
+    /// `certs`, or with --dev a directory under the system's temporary directory.
+    #[arg(long, env = "DETOUR_CERT_DIR")]
+    pub cert_dir: Option<PathBuf>,
     /// Serve plain HTTP (behind a TLS-terminating load balancer).
     #[arg(long, env = "DETOUR_PLAIN_HTTP")]
     pub plain_http: bool,

@@ -1461,3 +1461,58 @@ async fn containerd_pulls_through_the_proxy_with_the_hosts_toml_detour_writes() 
         );
     }
 }
+
+/// Started as a user first starts it: without certificates the error names
+/// every way out (`--cert-dir`, `--plain-http`, `--dev`); `--dev` makes
+/// its throwaway certificates outside the working directory.
+#[test]
+fn the_proxy_without_certificates_says_what_to_do_and_dev_leaves_the_working_directory_alone() {
+    let cwd = tempfile::tempdir().unwrap();
+    let config = cwd.path().join("proxy.yaml");
+    std::fs::write(&config, "upstreams:\n  - host: quay.io\n").unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let out = Command::new(BIN)
+        .current_dir(cwd.path())
+        .args(["proxy", "--config", config.to_str().unwrap()])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+        .env_remove("DETOUR_CERT_DIR")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stderr.lines().last().unwrap_or_default();
+    assert!(
+        line.starts_with("detour: no serving certificate in certs"),
+        "{stderr}"
+    );
+    for way in ["--cert-dir", "--plain-http", "--dev", "detour certs"] {
+        assert!(line.contains(way), "{way}: {stderr}");
+    }
+
+    let mut dev = Command::new(BIN)
+        .current_dir(cwd.path())
+        .args(["proxy", "--dev"])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+        .env_remove("DETOUR_CERT_DIR")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while http_get(admin, "/readyz").map(|r| r.0).unwrap_or(0) != 200 {
+        assert!(Instant::now() < deadline, "proxy --dev not ready");
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    let _ = dev.kill();
+    let _ = dev.wait();
+    let left: Vec<String> = std::fs::read_dir(cwd.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, vec!["proxy.yaml".to_string()]);
+    assert!(std::env::temp_dir()
+        .join("detour-proxy-dev-certs/tls.crt")
+        .is_file());
+}

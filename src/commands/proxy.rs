@@ -29,7 +29,12 @@ pub fn run(args: &ProxyArgs, cli: &Cli) -> anyhow::Result<()> {
         listen: args.listen.unwrap_or((host, 5443).into()),
         admin_listen: args.admin_listen.unwrap_or((host, admin_port).into()),
         tls: (!args.plain_http).then(|| tls::TlsSource {
-            cert_dir: args.cert_dir.clone(),
+            // --dev makes throwaway certificates: not in the working directory.
+            cert_dir: match (&args.cert_dir, args.dev) {
+                (Some(dir), _) => dir.clone(),
+                (None, true) => std::env::temp_dir().join("detour-proxy-dev-certs"),
+                (None, false) => "certs".into(),
+            },
             client_ca: None,
         }),
         dev: args.dev,

@@ -148,9 +148,18 @@ fn s3_backend(s3: &S3Cache, config: &ProxyConfig) -> Result<Backend, ProxyRunErr
 }
 
 pub async fn run(opts: ProxyOptions) -> Result<(), ProxyRunError> {
-    if let (true, Some(tls)) = (opts.dev, &opts.tls) {
-        detour_serve::https::prepare_dev_certificates(&tls.cert_dir)
-            .map_err(|e| ProxyRunError::Setup(e.to_string()))?;
+    match (opts.dev, &opts.tls) {
+        (true, Some(tls)) => detour_serve::https::prepare_dev_certificates(&tls.cert_dir)
+            .map_err(|e| ProxyRunError::Setup(e.to_string()))?,
+        (false, Some(tls)) if !tls.cert_path().exists() || !tls.key_path().exists() => {
+            return Err(ProxyRunError::Setup(format!(
+                "no serving certificate in {} (tls.crt, tls.key): point --cert-dir at one (`detour certs` \
+                 makes one), serve plain HTTP behind a TLS-terminating balancer with --plain-http, \
+                 or try it with --dev",
+                tls.cert_dir.display()
+            )))
+        }
+        _ => {}
     }
     let app = build(&opts.config).await?;
     let ready = Arc::new(AtomicBool::new(false));
