@@ -218,3 +218,53 @@ fn config_check_prints_rules_or_the_error_with_line() {
         "{stderr}"
     );
 }
+
+/// `detour certs` twice: two CAs with names of their own (an old and a new
+/// CA differ where people look, not only by fingerprint), and each serving
+/// certificate names its CA's key (authority key identifier = the CA's
+/// subject key identifier), as verifiers and people use to tell them apart.
+#[test]
+fn each_ca_has_its_own_name_and_serving_certificates_name_their_ca_key() {
+    use x509_parser::extensions::ParsedExtension;
+    use x509_parser::pem::parse_x509_pem;
+    let dir = tempfile::tempdir().unwrap();
+    let mut subjects = Vec::new();
+    for n in 0..2 {
+        let out = dir.path().join(n.to_string());
+        let (code, _, stderr) = run(
+            &["certs", "--out", out.to_str().unwrap(), "--ip", "127.0.0.1"],
+            None,
+        );
+        assert_eq!(code, 0, "{stderr}");
+        let ca_pem = std::fs::read(out.join("ca.crt")).unwrap();
+        let (_, ca_pem) = parse_x509_pem(&ca_pem).unwrap();
+        let ca = ca_pem.parse_x509().unwrap();
+        let leaf_pem = std::fs::read(out.join("tls.crt")).unwrap();
+        let (_, leaf_pem) = parse_x509_pem(&leaf_pem).unwrap();
+        let leaf = leaf_pem.parse_x509().unwrap();
+        let subject = ca.subject().to_string();
+        assert!(subject.starts_with("CN=detour webhook CA "), "{subject}");
+        assert_eq!(leaf.issuer().to_string(), subject);
+        let ski = ca
+            .extensions()
+            .iter()
+            .find_map(|e| match e.parsed_extension() {
+                ParsedExtension::SubjectKeyIdentifier(id) => Some(id.0.to_vec()),
+                _ => None,
+            })
+            .expect("the CA has a subject key identifier");
+        let aki = leaf
+            .extensions()
+            .iter()
+            .find_map(|e| match e.parsed_extension() {
+                ParsedExtension::AuthorityKeyIdentifier(aki) => {
+                    aki.key_identifier.as_ref().map(|k| k.0.to_vec())
+                }
+                _ => None,
+            })
+            .expect("the serving certificate has an authority key identifier");
+        assert_eq!(aki, ski);
+        subjects.push(subject);
+    }
+    assert_ne!(subjects[0], subjects[1]);
+}

@@ -82,11 +82,20 @@ impl CertificateAuthority {
     /// A new self-signed CA, valid for `validity` from now.
     pub fn generate_valid_for(validity: Duration) -> Result<Self, CertError> {
         let now = OffsetDateTime::now_utc();
+        let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "detour webhook CA");
+        // Each CA's own name (its day and its key's fingerprint), so that an
+        // old CA and a new one differ where people look: subject and issuer.
+        let fingerprint = ring::digest::digest(&ring::digest::SHA256, key.public_key_raw());
+        let id: String = fingerprint.as_ref()[..4]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        params.distinguished_name.push(
+            DnType::CommonName,
+            format!("detour webhook CA {} {id}", now.date()),
+        );
         params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
             KeyUsagePurpose::CrlSign,
@@ -94,7 +103,6 @@ impl CertificateAuthority {
         ];
         params.not_before = now - Duration::hours(1);
         params.not_after = now + validity;
-        let key = KeyPair::generate()?;
         let key_pem = key.serialize_pem();
         let certified = CertifiedIssuer::self_signed(params, key)?;
         Self::from_pem(&certified.pem(), &key_pem)
@@ -156,6 +164,8 @@ impl CertificateAuthority {
         ];
         leaf.not_before = now - Duration::hours(1);
         leaf.not_after = (now + validity).min(self.not_after);
+        // Names the CA's key: clients and people can tell which CA signed it.
+        leaf.use_authority_key_identifier_extension = true;
         let leaf_key = KeyPair::generate()?;
         let cert = leaf.signed_by(&leaf_key, &self.issuer)?;
         Ok((cert.pem(), leaf_key.serialize_pem()))
