@@ -1516,3 +1516,68 @@ fn the_proxy_without_certificates_says_what_to_do_and_dev_leaves_the_working_dir
         .join("detour-proxy-dev-certs/tls.crt")
         .is_file());
 }
+
+/// podman pulls as its users configure it: a `registries.conf` mirror that
+/// names the proxy by path (`PROXY/<upstream name>`), the proxy's CA in a
+/// certificate directory; own storage (vfs), own policy. The upstream's
+/// access log shows only the proxy's requests: podman did not fall back to
+/// the upstream itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn podman_pulls_through_the_proxy_with_a_registries_conf_mirror() {
+    let cache = Cache::local();
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = logged_registry();
+    let image = unpackable_image(4);
+    upstream.push_image("team/app", "v1", &image).await;
+    let proxy = Proxy::serving(dir.path(), &[&upstream], &cache, "", false);
+    let conf = dir.path().join("registries.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "unqualified-search-registries = []\n\n[[registry]]\nprefix = \"{up}\"\nlocation = \"{up}\"\ninsecure = true\n\n\
+             [[registry.mirror]]\nlocation = \"{proxy}/{name}\"\n",
+            up = upstream.host(),
+            proxy = proxy.host(),
+            name = name(&upstream),
+        ),
+    )
+    .unwrap();
+    let policy = dir.path().join("policy.json");
+    std::fs::write(
+        &policy,
+        r#"{"default": [{"type": "insecureAcceptAnything"}]}"#,
+    )
+    .unwrap();
+    // containers/image reads <cert-dir>/*.crt as CAs.
+    let trust = dir.path().join("trust");
+    let storage = dir.path().join("storage");
+    let reference = format!("{}/team/app:v1", upstream.host());
+    let out = Command::new("podman")
+        .args(["--root", storage.join("root").to_str().unwrap()])
+        .args(["--runroot", storage.join("run").to_str().unwrap()])
+        .args(["--storage-driver", "vfs", "pull", "--quiet"])
+        .args(["--cert-dir", trust.to_str().unwrap()])
+        .args(["--signature-policy", policy.to_str().unwrap()])
+        .arg(&reference)
+        .env("CONTAINERS_REGISTRIES_CONF", &conf)
+        .env("TMPDIR", dir.path())
+        .output()
+        .expect("podman is installed (tests/run.sh installs it)");
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        proxy.logs()
+    );
+    // podman prints the image ID: the config's digest.
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_eq!(format!("sha256:{id}"), sha256(&image.config));
+    let all = upstream.requests(&["GET "]);
+    assert!(all >= 1);
+    assert_eq!(
+        upstream.requests(&["GET ", "detour/"]),
+        all,
+        "podman reached the upstream itself"
+    );
+    assert!(proxy.metric("detour_proxy_requests_total", &[("kind", "blob")]) >= 1.0);
+}

@@ -6,8 +6,9 @@
 #   on 127.0.0.1), skopeo (cross-checks every copy), apache2-utils (htpasswd
 #   for the registry behind Basic auth), tinyproxy (the forward proxy of the
 #   proxy tests), containerd (with ctr: a node pulling through `detour
-#   proxy`), squid (a second forward proxy, with Basic auth). Installed only
-#   when missing (as root).
+#   proxy`), squid (a second forward proxy, with Basic auth), podman (pulling
+#   through the proxy with a registries.conf mirror). Installed only when
+#   missing (as root).
 # - kube-apiserver, kubectl and etcd, built from the Go modules pinned in
 #   tests/kube/go.mod into $CARGO_TARGET_DIR/kube (reused until the pins
 #   change). The tests use this kubectl, put first on PATH.
@@ -27,16 +28,25 @@ command -v docker-registry >/dev/null || missing+=(docker-registry)
 command -v skopeo >/dev/null || missing+=(skopeo)
 command -v htpasswd >/dev/null || missing+=(apache2-utils)
 command -v tinyproxy >/dev/null || missing+=(tinyproxy)
-command -v containerd >/dev/null || missing+=(containerd)
-command -v squid >/dev/null || missing+=(squid)
-if ((${#missing[@]})); then
+# The clients users run, without what they merely recommend (podman's
+# recommendations alone are a desktop's worth).
+clients=()
+command -v containerd >/dev/null || clients+=(containerd)
+command -v squid >/dev/null || clients+=(squid)
+command -v podman >/dev/null || clients+=(podman)
+if ((${#missing[@]} + ${#clients[@]})); then
   if [[ $(id -u) -ne 0 ]]; then
-    echo "tests/run.sh: install these Debian packages first: ${missing[*]}" >&2
+    echo "tests/run.sh: install these Debian packages first: ${missing[*]} ${clients[*]}" >&2
     exit 1
   fi
-  echo "installing ${missing[*]}" >&2
+  echo "installing ${missing[*]} ${clients[*]}" >&2
   apt-get update
-  DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}"
+  if ((${#missing[@]})); then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}"
+  fi
+  if ((${#clients[@]})); then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${clients[@]}"
+  fi
 fi
 if ! command -v go >/dev/null; then
   echo "tests/run.sh: Go 1.26 or newer is needed to build the control plane" >&2
