@@ -543,6 +543,7 @@ fn unreachable_clusters_and_refused_namespaces_are_reported_not_panicked() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("unauthorized"), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(!stderr.contains("no-such-token"), "{stderr}");
 
     // A CA that did not sign the apiserver's certificate: said to be a
     // certificate the kubeconfig does not trust, not a connection error
