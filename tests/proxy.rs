@@ -49,11 +49,7 @@ impl Tinyproxy {
             .stderr(Stdio::null())
             .spawn()
             .expect("tinyproxy is installed (tests/run.sh installs it)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "tinyproxy did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_listening(port, "tinyproxy", 10);
         Tinyproxy {
             child,
             port,
@@ -140,11 +136,7 @@ impl Squid {
             .stderr(Stdio::null())
             .spawn()
             .expect("squid is installed (tests/run.sh installs it)");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "squid did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_listening(port, "squid", 20);
         Squid { child, port, dir }
     }
 

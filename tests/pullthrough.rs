@@ -43,11 +43,7 @@ impl S3Server {
             .stderr(std::fs::File::create(dir.path().join("s3.log")).unwrap())
             .spawn()
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "versitygw did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        common::wait_listening(port, "versitygw", 20);
         S3Server { child, port, dir }
     }
 

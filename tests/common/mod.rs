@@ -28,6 +28,16 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Waits until something listens on 127.0.0.1:`port` (a server the test
+/// started, named `what` in the failure), for at most `seconds`.
+pub fn wait_listening(port: u16, what: &str, seconds: u64) {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Runs the detour binary and insists that it succeeds.
 pub fn detour(args: &[&str]) -> std::process::Output {
     let out = Command::new(BIN).args(args).output().unwrap();
