@@ -640,4 +640,10 @@ fn unreachable_clusters_and_refused_namespaces_are_reported_not_panicked() {
         partial.contains("mutatingwebhookconfiguration"),
         "{partial}"
     );
+    // Cluster-scoped objects have no namespace to name.
+    assert!(
+        partial.contains("get mutatingwebhookconfiguration detour: forbidden"),
+        "{partial}"
+    );
+    assert!(partial.contains("read namespaces: forbidden"), "{partial}");
 }

@@ -382,7 +382,7 @@ async fn a_destination_that_dies_mid_copy_gets_no_tag_and_the_retry_completes() 
 
     let flags = plain(&[&source, &dest]);
     let (ok, reports, stderr) = mirror(&args(&[&src, "--to", &dst], &flags), &[]);
-    assert!(ok, "{stderr}");
+    assert!(ok, "{stderr}{reports:?}");
     assert!(
         reports[0]["blobsSkipped"].as_u64().unwrap() >= 2,
         "{}",

@@ -511,8 +511,18 @@ impl Copier {
         blob: &Target,
         observer: Arc<dyn Observer>,
     ) -> Result<BlobOutcome, MirrorError> {
-        if self.client.blob_exists(dst, &blob.digest).await? {
-            return Ok(BlobOutcome::Skipped);
+        match self.client.blob_exists(dst, &blob.digest).await {
+            Ok(true) => return Ok(BlobOutcome::Skipped),
+            Ok(false) => {}
+            // A registry that cannot say whether it holds a blob (a 5xx after
+            // the retries; distribution answers 500 for a blob whose link
+            // survived a crash but whose data did not) gets it uploaded:
+            // content is addressed by digest, so an upload is never wrong,
+            // and it repairs such a blob.
+            Err(MirrorError::Status { status, .. }) if status >= 500 => {
+                tracing::debug!(digest = %blob.digest, status, "blob existence unknown; uploading it");
+            }
+            Err(e) => return Err(e),
         }
         let mount = match src {
             Source::Registry(src) => (src.host == dst.host && src.path != dst.path)
