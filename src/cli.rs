@@ -9,6 +9,9 @@ use detour_core::config::{Config, ConfigSource, MirrorSettings};
 use detour_core::duration::parse_duration;
 use detour_core::presets::PresetRef;
 
+/// How kubectl runs detour when the binary is installed as `kubectl-detour`.
+pub const KUBECTL_PLUGIN_USAGE: &str = "kubectl detour";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "detour",

@@ -11,7 +11,7 @@ mod commands;
 use std::io::Write;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 // The admission path allocates many small strings; mimalloc is measurably
 // faster than glibc malloc for it (README, Performance).
@@ -19,7 +19,7 @@ use clap::Parser;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
+    let cli = parse();
     match commands::run(&cli) {
         Ok(code) => ExitCode::from(code as u8),
         Err(e) => {
@@ -27,4 +27,19 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// The arguments; as `kubectl-detour` (a kubectl plugin, run as `kubectl
+/// detour …`) usage and errors say `kubectl detour`.
+fn parse() -> cli::Cli {
+    let mut command = cli::Cli::command();
+    let invoked = std::env::args_os().next().unwrap_or_default();
+    let name = std::path::Path::new(&invoked)
+        .file_name()
+        .unwrap_or_default();
+    if name == "kubectl-detour" {
+        command = command.bin_name(cli::KUBECTL_PLUGIN_USAGE);
+    }
+    let matches = command.get_matches();
+    cli::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }

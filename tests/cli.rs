@@ -268,3 +268,60 @@ fn each_ca_has_its_own_name_and_serving_certificates_name_their_ca_key() {
     }
     assert_ne!(subjects[0], subjects[1]);
 }
+
+/// Installed as `kubectl-detour` on PATH, kubectl finds it and runs it as
+/// `kubectl detour …` (the kubectl that tests/run.sh builds and puts first
+/// on PATH); the answers are detour's, and usage says `kubectl detour`.
+#[test]
+fn the_binary_is_a_kubectl_plugin_as_kubectl_detour() {
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(BIN, dir.path().join("kubectl-detour")).unwrap();
+    let path = format!(
+        "{}:{}",
+        dir.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let kubectl = |args: &[&str]| {
+        Command::new("kubectl")
+            .args(args)
+            .env("PATH", &path)
+            .env_remove("DETOUR_CONFIG")
+            .env_remove("DETOUR_PRESET")
+            .output()
+            .expect("kubectl is on PATH (tests/run.sh builds it)")
+    };
+    let listed = kubectl(&["plugin", "list"]);
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(listed.contains("kubectl-detour"), "{listed}");
+    let image = "registry.k8s.io/pause:3.9";
+    let through = kubectl(&[
+        "detour", "--preset", "daocloud", "explain", image, "-o", "json",
+    ]);
+    assert!(
+        through.status.success(),
+        "{}",
+        String::from_utf8_lossy(&through.stderr)
+    );
+    let (code, direct, _) = run(
+        &["--preset", "daocloud", "explain", image, "-o", "json"],
+        None,
+    );
+    assert_eq!(code, 0);
+    assert_eq!(String::from_utf8_lossy(&through.stdout), direct);
+    assert!(
+        direct.contains("m.daocloud.io/registry.k8s.io/pause:3.9"),
+        "{direct}"
+    );
+    let help = kubectl(&["detour", "--help"]);
+    assert!(
+        String::from_utf8_lossy(&help.stdout).contains("Usage: kubectl detour [OPTIONS] <COMMAND>"),
+        "{}",
+        String::from_utf8_lossy(&help.stdout)
+    );
+    // Run as itself, it is still `detour`.
+    let (_, own_help, _) = run(&["--help"], None);
+    assert!(
+        own_help.contains("Usage: detour [OPTIONS] <COMMAND>"),
+        "{own_help}"
+    );
+}
