@@ -125,20 +125,7 @@ impl OciLayout {
             {
                 return Err(bad(format!("{relative} leaves the archive")));
             }
-            let mut file = std::fs::File::open(&path).map_err(|e| io(&path, e))?;
-            let mut hasher = Hasher::sha256();
-            let mut buffer = vec![0u8; 256 * 1024];
-            let mut size = 0u64;
-            loop {
-                use std::io::Read;
-                let n = file.read(&mut buffer).map_err(|e| io(&path, e))?;
-                if n == 0 {
-                    break;
-                }
-                hasher.update(&buffer[..n]);
-                size += n as u64;
-            }
-            let digest = hasher.finish();
+            let (digest, size) = hash_file(&path, Hasher::sha256()).map_err(|e| io(&path, e))?;
             if !layout.has_blob(&digest)? {
                 let (target, partial) = layout.blob_paths(&digest)?;
                 std::fs::copy(&path, &partial).map_err(|e| io(&partial, e))?;
@@ -371,7 +358,6 @@ impl OciLayout {
 
     /// Present, of `size` bytes, with the bytes `digest` names.
     fn check_blob(&self, digest: &str, size: u64) -> Result<(), String> {
-        use std::io::Read;
         let path = self.blob_path(digest).map_err(|e| e.to_string())?;
         let meta = match std::fs::symlink_metadata(&path) {
             Ok(meta) if meta.is_file() => meta,
@@ -384,17 +370,8 @@ impl OciLayout {
                 meta.len()
             ));
         }
-        let mut hasher = super::digest::Hasher::for_digest(digest).map_err(|e| e.to_string())?;
-        let mut file = std::fs::File::open(&path).map_err(|e| e.to_string())?;
-        let mut buffer = vec![0; 256 * 1024];
-        loop {
-            match file.read(&mut buffer) {
-                Ok(0) => break,
-                Ok(n) => hasher.update(&buffer[..n]),
-                Err(e) => return Err(e.to_string()),
-            }
-        }
-        let actual = hasher.finish();
+        let hasher = Hasher::for_digest(digest).map_err(|e| e.to_string())?;
+        let (actual, _) = hash_file(&path, hasher).map_err(|e| e.to_string())?;
         if actual != digest {
             return Err(format!("has bytes of another digest, {actual}"));
         }
@@ -642,6 +619,23 @@ fn extract(
         }
     }
     Ok(links)
+}
+
+/// The digest (in `hasher`'s algorithm) and size of a file, read in
+/// 256 KiB pieces.
+fn hash_file(path: &Path, mut hasher: Hasher) -> std::io::Result<(String, u64)> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut buffer = vec![0u8; 256 * 1024];
+    let mut size = 0u64;
+    loop {
+        let n = file.read(&mut buffer)?;
+        if n == 0 {
+            return Ok((hasher.finish(), size));
+        }
+        hasher.update(&buffer[..n]);
+        size += n as u64;
+    }
 }
 
 /// An error's text for a user who never saw the layout's directory.
