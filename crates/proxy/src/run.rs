@@ -151,7 +151,7 @@ pub async fn run(opts: ProxyOptions) -> Result<(), ProxyRunError> {
     match (opts.dev, &opts.tls) {
         (true, Some(tls)) => detour_serve::https::prepare_dev_certificates(&tls.cert_dir)
             .map_err(|e| ProxyRunError::Setup(e.to_string()))?,
-        (false, Some(tls)) if !tls.cert_path().exists() || !tls.key_path().exists() => {
+        (false, Some(tls)) if !detour_serve::certs::pair_exists(&tls.cert_dir) => {
             return Err(ProxyRunError::Setup(format!(
                 "no serving certificate in {} (tls.crt, tls.key): point --cert-dir at one (`detour certs` \
                  makes one), serve plain HTTP behind a TLS-terminating balancer with --plain-http, \

@@ -203,6 +203,12 @@ pub fn generate(req: &CertRequest) -> Result<CertBundle, CertError> {
     })
 }
 
+/// Whether `dir` holds a serving certificate and its key (`tls.crt`,
+/// `tls.key`), whatever they hold: loading checks them.
+pub fn pair_exists(dir: &Path) -> bool {
+    dir.join(CERT_FILE).exists() && dir.join(KEY_FILE).exists()
+}
+
 /// Writes `ca.crt`, `tls.crt` and `tls.key` (mode 0600) into `dir`.
 pub fn write(bundle: &CertBundle, dir: &Path) -> Result<(), CertError> {
     let err = |p: &Path, e| CertError::Write(p.display().to_string(), e);

@@ -66,7 +66,7 @@ pub async fn shutdown_signal() {
 
 /// `--dev`: a throwaway CA and certificate for 127.0.0.1 unless present.
 pub fn prepare_dev_certificates(dir: &std::path::Path) -> Result<(), certs::CertError> {
-    if dir.join(certs::CERT_FILE).exists() && dir.join(certs::KEY_FILE).exists() {
+    if certs::pair_exists(dir) {
         return Ok(());
     }
     let request = certs::CertRequest {

@@ -356,7 +356,7 @@ pub async fn run(opts: ServeOptions) -> Result<(), ServeError> {
         // The certificate comes from the cluster below.
     } else if opts.dev {
         prepare_dev_certificates(&opts.tls.cert_dir)?;
-    } else if !opts.tls.cert_path().exists() || !opts.tls.key_path().exists() {
+    } else if !certs::pair_exists(&opts.tls.cert_dir) {
         return Err(ServeError::NoCertificate(
             opts.tls.cert_dir.display().to_string(),
         ));
