@@ -10,6 +10,10 @@ use serde::Deserialize;
 
 use crate::duration::ConfigDuration;
 
+/// The key that permits loopback where these settings usually come from,
+/// the webhook's config (`mirror:`).
+pub const ALLOW_LOOPBACK_KEY: &str = "mirror.allowLoopback";
+
 /// `mirror:`: how detour reaches registries when it copies images or checks
 /// that the mirror has them. Used by `detour mirror` and by rules with
 /// `premirror` or `swap: if-present`.
@@ -33,7 +37,7 @@ pub struct MirrorSettings {
     /// (`mirror.allowLoopback` in the webhook's config, the proxy's
     /// `registry.allowLoopback`, `--allow-loopback`), for the refusal's
     /// message. Not a key of the file.
-    #[serde(skip)]
+    #[serde(skip, default = "defaults::allow_loopback_setting")]
     pub allow_loopback_setting: &'static str,
     /// A forward proxy for every registry (`http://host:port`); without it,
     /// `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY` from the environment.
@@ -78,6 +82,9 @@ pub struct MirrorSettings {
 mod defaults {
     use crate::duration::ConfigDuration;
     use std::time::Duration;
+    pub fn allow_loopback_setting() -> &'static str {
+        super::ALLOW_LOOPBACK_KEY
+    }
     pub fn blob_concurrency() -> usize {
         6
     }

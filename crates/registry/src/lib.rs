@@ -161,10 +161,7 @@ pub fn client_for(
         credentials: CredentialStore::load(&settings.credentials)?,
         policy: safety::AddressPolicy {
             allow_loopback: settings.allow_loopback,
-            loopback_setting: match settings.allow_loopback_setting {
-                "" => safety::AddressPolicy::default().loopback_setting,
-                named => named,
-            },
+            loopback_setting: settings.allow_loopback_setting,
         },
         request_timeout: settings.request_timeout.0,
         retries: settings.retries,

@@ -36,7 +36,7 @@ impl Default for AddressPolicy {
     fn default() -> Self {
         AddressPolicy {
             allow_loopback: false,
-            loopback_setting: "mirror.allowLoopback",
+            loopback_setting: detour_core::mirror_settings::ALLOW_LOOPBACK_KEY,
         }
     }
 }
