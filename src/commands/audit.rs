@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 
-use detour_cluster::audit::MirrorState;
+use detour_cluster::audit::{self, MirrorState};
 use detour_core::config::{Config, MirrorSettings};
 use detour_core::reference::Reference;
 use detour_registry::{self as mirror, Repo};
@@ -102,20 +102,11 @@ pub async fn run(args: &AuditArgs, config: &Config, out: &mut dyn Write) -> Resu
         eprintln!(
             "detour: {} not checked: the mirror could not be asked (see the mirror errors); \
              --fail-on-unknown fails the gate on them",
-            plural(unknown, "rewritten image was", "rewritten images were")
+            audit::counted(unknown, "rewritten image was", "rewritten images were")
         );
     }
     Ok(match args.fail_on_missing {
         Some(code) if missing || (args.fail_on_unknown && unknown > 0) => i32::from(code),
         _ => 0,
     })
-}
-
-/// `1 image was` / `2 images were`.
-fn plural(n: usize, one: &str, many: &str) -> String {
-    if n == 1 {
-        format!("1 {one}")
-    } else {
-        format!("{n} {many}")
-    }
 }

@@ -354,8 +354,8 @@ impl Report {
                 };
                 let _ = writeln!(
                     out,
-                    "  {what}  ({count} {}: {}{more}){mirror}",
-                    if count == 1 { "object" } else { "objects" },
+                    "  {what}  ({}: {}{more}){mirror}",
+                    counted(count, "object", "objects"),
                     shown.join(", ")
                 );
             }
@@ -371,6 +371,15 @@ impl Report {
             let _ = writeln!(out, "partial: {note}");
         }
         out
+    }
+}
+
+/// `1 object`, `2 objects`: a count with the word that agrees with it.
+pub fn counted(n: usize, one: &str, many: &str) -> String {
+    if n == 1 {
+        format!("1 {one}")
+    } else {
+        format!("{n} {many}")
     }
 }
 
@@ -410,29 +419,28 @@ impl std::fmt::Display for Summary {
             .iter()
             .map(|(mode, n)| format!("{n} {mode}"))
             .collect();
-        let plural =
-            |n: usize, one: &'static str, many: &'static str| if n == 1 { one } else { many };
         writeln!(
             f,
-            "{} {}, {} {} in {} {}",
-            self.objects,
-            plural(self.objects, "object", "objects"),
-            self.containers,
-            plural(self.containers, "container", "containers"),
-            self.namespaces,
-            plural(self.namespaces, "namespace", "namespaces")
+            "{}, {} in {}",
+            counted(self.objects, "object", "objects"),
+            counted(self.containers, "container", "containers"),
+            counted(self.namespaces, "namespace", "namespaces")
         )?;
         writeln!(
             f,
-            "rewrite: {rewrites} {}{} to {} distinct {}; unchanged: {}; skipped: {}; invalid: {}",
-            plural(rewrites, "container", "containers"),
+            "rewrite: {}{} to {} distinct {}; unchanged: {}; skipped: {}; invalid: {}",
+            counted(rewrites, "container", "containers"),
             if by_mode.is_empty() {
                 String::new()
             } else {
                 format!(" ({})", by_mode.join(", "))
             },
             self.distinct_rewrites,
-            plural(self.distinct_rewrites, "image", "images"),
+            if self.distinct_rewrites == 1 {
+                "image"
+            } else {
+                "images"
+            },
             self.unchanged,
             self.skipped,
             self.invalid
