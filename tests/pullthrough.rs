@@ -1313,46 +1313,6 @@ async fn a_client_that_disconnects_does_not_abort_the_fill_and_manifest_lookups_
     assert_eq!(upstream.requests(&["\"GET /v2/app/blobs/", &layer]), 1);
 }
 
-/// An image that a node can unpack: one gzip'd tar layer (written by
-/// `gzip`, the config's diff_id the digest of the tar), as OCI.
-fn unpackable_image(seed: u64) -> Image {
-    let mut tar = tar::Builder::new(Vec::new());
-    let text = format!("seed {seed}\n");
-    let mut header = tar::Header::new_gnu();
-    header.set_size(text.len() as u64);
-    header.set_mode(0o644);
-    header.set_cksum();
-    tar.append_data(&mut header, "hello.txt", text.as_bytes())
-        .unwrap();
-    let tar = tar.into_inner().unwrap();
-    let mut gzip = Command::new("gzip")
-        .args(["-n", "-c"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(&mut gzip.stdin.take().unwrap(), &tar).unwrap();
-    let layer = gzip.wait_with_output().unwrap().stdout;
-    let config = serde_json::to_vec(&serde_json::json!({
-        "architecture": "amd64", "os": "linux",
-        "rootfs": {"type": "layers", "diff_ids": [sha256(&tar)]}
-    }))
-    .unwrap();
-    let manifest = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": common::registry::OCI_MANIFEST,
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256(&config), "size": config.len()},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": sha256(&layer), "size": layer.len()}],
-    }))
-    .unwrap();
-    Image {
-        media_type: common::registry::OCI_MANIFEST,
-        config,
-        layers: vec![layer],
-        manifest,
-    }
-}
-
 /// containerd pulls as a node does, through the proxy, with the
 /// `hosts.toml` files that `detour containerd-config` writes: an upstream
 /// with a port (containerd asks `?ns=127.0.0.1%3A<port>`), one named
@@ -1372,9 +1332,9 @@ async fn containerd_pulls_through_the_proxy_with_the_hosts_toml_detour_writes() 
         ..Default::default()
     });
     let images = [
-        unpackable_image(1),
-        unpackable_image(2),
-        unpackable_image(3),
+        Image::unpackable(1),
+        Image::unpackable(2),
+        Image::unpackable(3),
     ];
     by_address.push_image("team/app", "v1", &images[0]).await;
     by_name.push_image("app", "v1", &images[1]).await;
@@ -1394,22 +1354,17 @@ async fn containerd_pulls_through_the_proxy_with_the_hosts_toml_detour_writes() 
     );
     let proxy = Proxy::start(dir.path(), &text, false, &cache);
     let hosts = dir.path().join("hosts");
-    let out = Command::new(BIN)
-        .args([
-            "containerd-config",
-            "--config",
-            proxy.config.to_str().unwrap(),
-        ])
-        .args(["--mirror", &proxy.url("")])
-        .args(["--ca", dir.path().join("tls/ca.crt").to_str().unwrap()])
-        .args(["--out", hosts.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::detour(&[
+        "containerd-config",
+        "--config",
+        proxy.config.to_str().unwrap(),
+        "--mirror",
+        &proxy.url(""),
+        "--ca",
+        dir.path().join("tls/ca.crt").to_str().unwrap(),
+        "--out",
+        hosts.to_str().unwrap(),
+    ]);
 
     let pulls = [
         format!("{}/team/app:v1", by_address.host()),
@@ -1523,7 +1478,7 @@ async fn podman_pulls_through_the_proxy_with_a_registries_conf_mirror() {
     let cache = Cache::local();
     let dir = tempfile::tempdir().unwrap();
     let upstream = logged_registry();
-    let image = unpackable_image(4);
+    let image = Image::unpackable(4);
     upstream.push_image("team/app", "v1", &image).await;
     let proxy = Proxy::serving(dir.path(), &[&upstream], &cache, "", false);
     let conf = dir.path().join("registries.conf");

@@ -399,10 +399,45 @@ impl Image {
     }
 
     pub fn from_layers(docker: bool, layers: Vec<Vec<u8>>, seed: u64) -> Image {
+        let diff_ids = layers.iter().map(|l| sha256(l)).collect();
+        Image::with_diff_ids(docker, layers, diff_ids, seed)
+    }
+
+    /// An image that a node can unpack: one gzip'd tar layer (written by
+    /// `gzip`), the config's diff_id the digest of the tar, as OCI.
+    pub fn unpackable(seed: u64) -> Image {
+        let mut tar = tar::Builder::new(Vec::new());
+        let text = format!("seed {seed}\n");
+        let mut header = tar::Header::new_gnu();
+        header.set_size(text.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        tar.append_data(&mut header, "hello.txt", text.as_bytes())
+            .unwrap();
+        let tar = tar.into_inner().unwrap();
+        let mut gzip = Command::new("gzip")
+            .args(["-n", "-c"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut gzip.stdin.take().unwrap(), &tar).unwrap();
+        let layer = gzip.wait_with_output().unwrap().stdout;
+        Image::with_diff_ids(false, vec![layer], vec![sha256(&tar)], seed)
+    }
+
+    /// `layers` as they are stored; `diff_ids` the digests of their
+    /// uncompressed contents, as the config lists them.
+    fn with_diff_ids(
+        docker: bool,
+        layers: Vec<Vec<u8>>,
+        diff_ids: Vec<String>,
+        seed: u64,
+    ) -> Image {
         let config = serde_json::to_vec(&json!({
             "architecture": "amd64", "os": "linux",
             "config": {"Labels": {"seed": seed.to_string()}},
-            "rootfs": {"type": "layers", "diff_ids": layers.iter().map(|l| sha256(l)).collect::<Vec<_>>()}
+            "rootfs": {"type": "layers", "diff_ids": diff_ids}
         }))
         .unwrap();
         let (media_type, config_type, layer_type) = if docker {
