@@ -75,6 +75,32 @@ pub enum Command {
     Proxy(ProxyArgs),
     /// Write containerd hosts.toml files that pull each upstream of a proxy config through the proxy.
     ContainerdConfig(ContainerdConfigArgs),
+    /// Print admission policies that make the apiserver rewrite images itself (native mode,
+    /// Kubernetes 1.36+): no webhook, certificates or Deployment. Apply with `kubectl apply -f -`.
+    Policy(PolicyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PolicyArgs {
+    /// Which namespaces the bindings select: opt-in (labelled detour.dev/mode=enforce or
+    /// =audit) or cluster-wide (all but detour.dev/mode=off); never kube-system or detour-system.
+    #[arg(long, value_enum, default_value_t = NamespaceScope::OptIn)]
+    pub namespaces: NamespaceScope,
+    /// yaml: multi-document YAML; json: one v1 List.
+    #[arg(short = 'o', long, value_enum, default_value_t = PolicyFormat::Yaml)]
+    pub output: PolicyFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum NamespaceScope {
+    OptIn,
+    ClusterWide,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PolicyFormat {
+    Yaml,
+    Json,
 }
 
 #[derive(Debug, Args)]

@@ -14,6 +14,7 @@ mod containerd_config;
 mod explain;
 mod logging;
 mod mirror;
+mod policy;
 mod proxy;
 mod rewrite;
 mod serve;
@@ -39,6 +40,8 @@ pub enum CommandError {
     Io(String, std::io::Error),
     #[error("{0}: more than {1} bytes")]
     TooLarge(String, u64),
+    #[error(transparent)]
+    Native(#[from] detour_core::native::NativeError),
 }
 
 /// Runs the command the arguments name; returns the exit code.
@@ -70,6 +73,9 @@ pub fn run(cli: &Cli) -> anyhow::Result<i32> {
             0
         }
         Command::ContainerdConfig(args) => containerd_config::run(args, cli, &mut stdout.lock())?,
+        Command::Policy(args) => {
+            policy::run(&cli.rules.source().load()?, args, &mut stdout.lock())?
+        }
         Command::Audit(args) => {
             let (_log_guard, config, runtime) = network_command(cli)?;
             runtime

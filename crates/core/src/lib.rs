@@ -22,6 +22,7 @@ pub mod duration;
 pub mod explain;
 pub mod manifest;
 pub mod mirror_settings;
+pub mod native;
 pub mod pod;
 pub mod presets;
 pub mod reference;

@@ -147,6 +147,52 @@ struct Found<'a> {
     result: Option<Reference>,
 }
 
+/// A view of a [`RuleSet`]'s lookup tables (see [`RuleSet::index`]). Bucket
+/// values are indexes into [`RuleSet::rules`], in the order they are tried.
+pub struct RuleIndex<'a> {
+    /// Exact repositories (`host/path`) of rename rules.
+    pub renames: &'a HashMap<String, Vec<usize>>,
+    /// `host[/path]` of rules with an exact host.
+    pub exact: &'a HashMap<String, Vec<usize>>,
+    /// `suffix[/path]` (without `*.`) of rules for every subdomain.
+    pub subdomains: &'a HashMap<String, Vec<usize>>,
+    /// Rules for every registry (`*`).
+    pub any: &'a [usize],
+    /// `host[/path]` → index into [`RuleSet::aliases`]; the first alias of a key.
+    pub aliases: &'a HashMap<String, usize>,
+    /// The `host[/path]` of every rule's target.
+    pub mirrors: &'a HashSet<String>,
+}
+
+/// Ranks a covering rule: tier (rename 4 > exact host 3 > subdomain 2 >
+/// any 1), then path depth or suffix labels, then path depth. The ranks
+/// [`RuleSet::rewrite`] compares, for compilers that must compare the same.
+pub fn specificity_of_bucket(bucket: BucketKind, key: &str) -> (u8, usize, usize) {
+    let host_len = key.find('/').unwrap_or(key.len());
+    match bucket {
+        BucketKind::Rename => (TIER_RENAME, usize::MAX, 0),
+        BucketKind::Exact => (TIER_EXACT, depth(key, host_len), 0),
+        BucketKind::Subdomain => {
+            let hostname = &key[..key[..host_len].find(':').unwrap_or(host_len)];
+            (
+                TIER_SUBDOMAIN,
+                hostname.split('.').count(),
+                depth(key, host_len),
+            )
+        }
+        BucketKind::Any => (TIER_ANY, 0, 0),
+    }
+}
+
+/// Which table of a [`RuleIndex`] a bucket is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BucketKind {
+    Rename,
+    Exact,
+    Subdomain,
+    Any,
+}
+
 #[derive(Debug, Default)]
 pub struct RuleSet {
     rules: Vec<Rule>,
@@ -224,6 +270,20 @@ impl RuleSet {
     /// already made (the admission hot path); see [`super::decisions`].
     pub fn decider(&self) -> Decider<'_> {
         Decider::new(self)
+    }
+
+    /// The lookup tables behind [`RuleSet::rewrite`], for compilers of the
+    /// rule set into another language (`crate::native`): what is indexed
+    /// where is decided here once.
+    pub fn index(&self) -> RuleIndex<'_> {
+        RuleIndex {
+            renames: &self.renames,
+            exact: &self.exact,
+            subdomains: &self.subdomains,
+            any: &self.any,
+            aliases: &self.aliases,
+            mirrors: &self.mirrors,
+        }
     }
 
     pub fn aliases(&self) -> &[Alias] {

@@ -12,7 +12,10 @@ mod engine;
 pub mod pattern;
 
 pub use decisions::{Decider, Decision};
-pub use engine::{Alias, Candidate, Decline, Explanation, Outcome, RuleSet, Unchanged};
+pub use engine::{
+    specificity_of_bucket, Alias, BucketKind, Candidate, Decline, Explanation, Outcome, RuleIndex,
+    RuleSet, Unchanged,
+};
 pub use pattern::{HostPattern, PatternError, RepoPrefix, RepoSet, SourcePattern};
 
 use crate::reference::Reference;

@@ -232,6 +232,16 @@ impl RepoSet {
         self.patterns.len()
     }
 
+    /// The exact repositories (`host/path`), lowercase host.
+    pub fn exact_keys(&self) -> impl Iterator<Item = &str> {
+        self.exact.iter().map(String::as_str)
+    }
+
+    /// The prefixes (`host[/path]`, for `/**` and whole hosts), lowercase host.
+    pub fn prefix_keys(&self) -> impl Iterator<Item = &str> {
+        self.prefixes.iter().map(String::as_str)
+    }
+
     pub fn patterns(&self) -> &[String] {
         &self.patterns
     }
