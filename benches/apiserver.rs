@@ -1,29 +1,38 @@
 //! What detour adds to a Pod create, as the apiserver and its clients see
-//! it: N Pods created through a real kube-apiserver (tests/kube) without any
-//! webhook; N with a webhook that does nothing (the same axum + rustls stack,
-//! answering "allowed" after decoding the review: the cost of any webhook);
-//! and N with detour (release build, shipped config) registered through the
-//! shipped opt-in overlay. Each with one client, then CLIENTS at once. Not a
-//! test: run it with `bash bench/apiserver-latency.sh` (N=2000 CLIENTS=16).
+//! it, through a real kube-apiserver (tests/kube), in alternating rounds of
+//! N Pods from CLIENTS clients, for 3-container Pods (two images to rewrite)
+//! and 60-container Pods (40 to rewrite):
 //!
-//! Reports client-side p50/p99 of each run; from the apiserver's own
-//! `apiserver_admission_webhook_admission_duration_seconds`, the mean and the
-//! bucket quantiles of its webhook calls; and for detour, the mean of its own
-//! `detour_admission_duration_seconds` (its share of those calls).
+//! - no webhook and no policy;
+//! - a no-op webhook (the same axum + rustls stack, answering "allowed"
+//!   after decoding the review: the cost of any webhook);
+//! - an ideal webhook: it answers detour's exact patch for the Pod's shape
+//!   with no work beyond finding the request's uid;
+//! - detour's webhook (release build, shipped config, shipped opt-in overlay);
+//! - native mode: `detour policy` for the shipped config, so that the
+//!   apiserver rewrites in-process (MutatingAdmissionPolicy).
+//!
+//! Not a test: run it with `bash bench/apiserver-latency.sh`. Reports
+//! client-side p50/p99 and the apiserver's own admission time per Pod
+//! create: `apiserver_admission_webhook_admission_duration_seconds` for a
+//! webhook, `apiserver_admission_controller_admission_duration_seconds` of
+//! the MutatingAdmissionPolicy plugin (and of the ValidatingAdmissionPolicy
+//! plugin, which native mode also uses) for the policy.
 
 #[path = "../tests/common/mod.rs"]
 #[allow(unused_imports)]
 mod common;
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::kube::{control_plane, create_pods, metric_value, Created, Installed, TestWebhook};
+use common::kube::{control_plane, metric_value, Installed, TestWebhook};
 use common::{Options, Server};
+use serde_json::{json, Value};
 
-const PAUSE: &str = "registry.k8s.io/pause:3.9";
 const WEBHOOK_HISTOGRAM: &str = "apiserver_admission_webhook_admission_duration_seconds";
+const PLUGIN_HISTOGRAM: &str = "apiserver_admission_controller_admission_duration_seconds";
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -41,37 +50,6 @@ fn ms(d: Duration) -> String {
     format!("{:.2}", d.as_secs_f64() * 1000.0)
 }
 
-/// Cumulative bucket counts of the apiserver's calls to `webhook`.
-fn buckets(metrics: &str, webhook: &str) -> Vec<(f64, f64)> {
-    let name = format!("name=\"{webhook}\"");
-    let mut out: Vec<(f64, f64)> = metrics
-        .lines()
-        .filter(|l| l.starts_with(&format!("{WEBHOOK_HISTOGRAM}_bucket{{")))
-        .filter(|l| l.contains(&name) && l.contains(r#"type="admit""#))
-        .filter_map(|l| {
-            let le = l.split(r#"le=""#).nth(1)?.split('"').next()?;
-            let le = if le == "+Inf" {
-                f64::INFINITY
-            } else {
-                le.parse().ok()?
-            };
-            let count: f64 = l.rsplit(' ').next()?.parse().ok()?;
-            Some((le, count))
-        })
-        .collect();
-    // Several label sets (rejected=false/true) share bounds: add them up.
-    out.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap());
-    out.dedup_by(|next, kept| {
-        if next.0 == kept.0 {
-            kept.1 += next.1;
-            true
-        } else {
-            false
-        }
-    });
-    out
-}
-
 /// Mean in ms of histogram `name` (with `labels`) between two scrapes.
 fn mean_ms(before: &str, after: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     let read = |text: &str, suffix: &str| metric_value(text, &format!("{name}_{suffix}"), labels);
@@ -80,149 +58,235 @@ fn mean_ms(before: &str, after: &str, name: &str, labels: &[(&str, &str)]) -> f6
     sum / count.max(1.0) * 1000.0
 }
 
-/// The q-quantile of the calls between two scrapes, interpolated linearly
-/// inside its bucket (the apiserver's buckets are coarse: 5 ms, 25 ms, ...).
-fn bucket_quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> String {
-    let delta: Vec<(f64, f64)> = after
-        .iter()
-        .map(|(le, n)| {
-            let was = before.iter().find(|(b, _)| b == le).map_or(0.0, |b| b.1);
-            (*le, n - was)
-        })
-        .collect();
-    let total = delta.last().map_or(0.0, |d| d.1);
-    if total == 0.0 {
-        return "n/a".into();
-    }
-    let rank = q * total;
-    let mut lower = (0.0, 0.0);
-    for &(le, cum) in &delta {
-        if cum >= rank {
-            if le.is_infinite() {
-                return format!("> {} ms", lower.0 * 1000.0);
-            }
-            let within = if cum > lower.1 {
-                (rank - lower.1) / (cum - lower.1)
-            } else {
-                1.0
+/// The containers of a Pod of `size` containers: with 3, two images the
+/// shipped config rewrites and one it leaves; with 60, 40 and 20.
+fn containers(size: usize) -> Vec<Value> {
+    (0..size)
+        .map(|i| {
+            let image = match (size, i) {
+                (3, 0) => "registry.k8s.io/pause:3.9".to_string(),
+                (3, 1) => "k8s.gcr.io/coredns:1.6.2".to_string(),
+                (3, _) => "docker.io/library/nginx:1.25".to_string(),
+                (_, i) if i % 3 == 2 => format!("docker.io/library/nginx:1.{i}"),
+                (_, i) => format!("registry.k8s.io/app-{i}:v1.{i}"),
             };
-            let value = lower.0 + (le - lower.0) * within;
-            return format!("{:.2} (≤ {} ms bucket)", value * 1000.0, le * 1000.0);
-        }
-        lower = (le, cum);
-    }
-    "n/a".into()
-}
-
-struct Run {
-    label: String,
-    clients: usize,
-    results: Vec<Created>,
-    took: Duration,
-    /// The apiserver's calls to the webhook: mean, p50, p99.
-    webhook: Option<(String, String, String)>,
-    /// detour's own mean time per admission.
-    detour_ms: Option<f64>,
-}
-
-/// Which webhook a run goes through, and detour's metrics if it is detour.
-#[derive(Clone, Copy)]
-enum Through<'a> {
-    Nothing,
-    Webhook(&'a str),
-    Detour(&'a Server),
-}
-
-async fn run(ns: &str, label: &str, clients: usize, n: usize, through: Through<'_>) -> Run {
-    let cp = control_plane();
-    let before = cp.metrics();
-    let detour_before = match through {
-        Through::Detour(server) => server.metrics(),
-        _ => String::new(),
-    };
-    let started = Instant::now();
-    let prefix: String = format!("{label}-{clients}")
-        .chars()
-        .filter_map(|c| match c {
-            'a'..='z' | '0'..='9' | '-' => Some(c),
-            ' ' => Some('-'),
-            _ => None,
+            json!({"name": format!("c{i}"), "image": image})
         })
-        .collect();
-    let results = create_pods(
-        cp,
-        ns,
-        &prefix,
-        PAUSE,
-        clients,
-        n,
-        Arc::new(AtomicBool::new(false)),
-    )
-    .await;
-    let took = started.elapsed();
-    let after = cp.metrics();
-    assert!(
-        results.iter().all(|c| c.status == 201),
-        "{label}: some Pods were not created"
-    );
-    let webhook_name = match through {
-        Through::Nothing => None,
-        Through::Webhook(name) => Some(name),
-        Through::Detour(_) => Some("enforce.detour.dev"),
-    };
-    let webhook = webhook_name.map(|name| {
-        let (b, a) = (buckets(&before, name), buckets(&after, name));
-        let labels = [("name", name), ("type", "admit")];
-        let mean = mean_ms(&before, &after, WEBHOOK_HISTOGRAM, &labels);
-        (
-            format!("{mean:.2}"),
-            bucket_quantile(&b, &a, 0.5),
-            bucket_quantile(&b, &a, 0.99),
-        )
-    });
-    let detour_ms = match through {
-        Through::Detour(server) => Some(mean_ms(
-            &detour_before,
-            &server.metrics(),
-            "detour_admission_duration_seconds",
-            &[],
-        )),
-        _ => None,
-    };
-    Run {
-        label: label.into(),
-        clients,
-        results,
-        took,
-        webhook,
-        detour_ms,
+        .collect()
+}
+
+/// What detour's webhook answers for a Pod of `size` containers.
+fn detour_patch(size: usize) -> Vec<u8> {
+    let config = detour_core::config::Config::embedded_default();
+    let mut ops = Vec::new();
+    let mut originals = std::collections::BTreeMap::new();
+    for (i, c) in containers(size).iter().enumerate() {
+        let image = c["image"].as_str().unwrap();
+        if let Some(to) = config.rules.rewrite(image).rewritten() {
+            ops.push(json!({"op": "replace", "path": format!("/spec/containers/{i}/image"), "value": to}));
+            originals.insert(c["name"].as_str().unwrap().to_string(), image.to_string());
+        }
     }
+    ops.push(json!({"op": "add", "path": "/metadata/annotations",
+                    "value": {"detour.dev/original-images": serde_json::to_string(&originals).unwrap()}}));
+    serde_json::to_vec(&ops).unwrap()
+}
+
+/// The ideal webhook: the precomputed patch, the uid found by a byte search.
+fn ideal_router() -> axum::Router {
+    use base64::Engine as _;
+    let patches: Arc<Vec<(usize, String)>> = Arc::new(
+        [3, 60]
+            .iter()
+            .map(|&n| {
+                (
+                    n,
+                    base64::engine::general_purpose::STANDARD.encode(detour_patch(n)),
+                )
+            })
+            .collect(),
+    );
+    axum::Router::new().route(
+        "/ideal",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let patches = patches.clone();
+            async move {
+                let text = std::str::from_utf8(&body).unwrap_or_default();
+                let uid = text
+                    .split("\"uid\":\"")
+                    .nth(1)
+                    .and_then(|rest| rest.split('"').next())
+                    .unwrap_or_default();
+                // The shape is told by the count of container names.
+                let size = if text.matches("\"name\":\"c").count() > 3 { 60 } else { 3 };
+                let patch = &patches.iter().find(|(n, _)| *n == size).unwrap().1;
+                (
+                    [("content-type", "application/json")],
+                    format!(
+                        r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{{"uid":"{uid}","allowed":true,"patchType":"JSONPatch","patch":"{patch}"}}}}"#
+                    ),
+                )
+            }
+        }),
+    )
 }
 
 /// The no-op webhook: decodes the review, answers "allowed", no patch.
-async fn allow(axum::Json(review): axum::Json<serde_json::Value>) -> axum::Json<serde_json::Value> {
-    axum::Json(serde_json::json!({
+async fn allow(axum::Json(review): axum::Json<Value>) -> axum::Json<Value> {
+    axum::Json(json!({
         "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
         "response": {"uid": review["request"]["uid"], "allowed": true},
     }))
 }
 
-/// Creates single Pods in `ns` until `done` says the webhook answered.
-async fn wait_for_webhook(ns: &str, done: impl Fn(&Created) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    for attempt in 0.. {
-        let probe = run(ns, &format!("probe{attempt}"), 1, 1, Through::Nothing).await;
-        if done(&probe.results[0]) {
+#[derive(Clone, Copy, PartialEq)]
+enum Through {
+    Nothing,
+    Webhook(&'static str),
+    Native,
+}
+
+struct Run {
+    label: &'static str,
+    size: usize,
+    latencies: Vec<Duration>,
+    took: Duration,
+    /// The apiserver's admission time per Pod: webhook call, or the
+    /// mutating and validating policy plugins.
+    admission_ms: Option<f64>,
+    validating_ms: Option<f64>,
+}
+
+/// Creates `n` Pods of `size` containers in `ns` from `clients` tasks;
+/// checks that each was stored with the images `expect` gives.
+async fn run(
+    ns: &str,
+    label: &'static str,
+    size: usize,
+    clients: usize,
+    n: usize,
+    through: Through,
+    rewritten: bool,
+) -> Run {
+    let cp = control_plane();
+    let before = cp.metrics();
+    let client = cp.client();
+    let url = cp.url(&format!("/api/v1/namespaces/{ns}/pods"));
+    let next = Arc::new(AtomicUsize::new(0));
+    static SEQ: AtomicUsize = AtomicUsize::new(0);
+    let batch = SEQ.fetch_add(1, Ordering::Relaxed);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (client, url, next) = (client.clone(), url.clone(), next.clone());
+        let ns = ns.to_string();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    return latencies;
+                }
+                let body = json!({"apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": format!("b{batch}-{i}")},
+                    "spec": {"containers": containers(size)}});
+                let t = Instant::now();
+                let resp = client.post(&url).json(&body).send().await.unwrap();
+                assert_eq!(resp.status().as_u16(), 201, "{ns}: Pod not created");
+                let pod: Value = resp.json().await.unwrap();
+                latencies.push(t.elapsed());
+                let first = pod["spec"]["containers"][0]["image"]
+                    .as_str()
+                    .unwrap_or_default();
+                assert_eq!(
+                    first.starts_with("m.daocloud.io/"),
+                    rewritten,
+                    "{ns}: {first}"
+                );
+            }
+        }));
+    }
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await.unwrap());
+    }
+    let took = started.elapsed();
+    let after = cp.metrics();
+    let (admission_ms, validating_ms) = match through {
+        Through::Nothing => (None, None),
+        Through::Webhook(name) => (
+            Some(mean_ms(
+                &before,
+                &after,
+                WEBHOOK_HISTOGRAM,
+                &[("name", name), ("type", "admit")],
+            )),
+            None,
+        ),
+        Through::Native => (
+            Some(mean_ms(
+                &before,
+                &after,
+                PLUGIN_HISTOGRAM,
+                &[
+                    ("name", "MutatingAdmissionPolicy"),
+                    ("operation", "CREATE"),
+                    ("type", "admit"),
+                ],
+            )),
+            Some(mean_ms(
+                &before,
+                &after,
+                PLUGIN_HISTOGRAM,
+                &[
+                    ("name", "ValidatingAdmissionPolicy"),
+                    ("operation", "CREATE"),
+                    ("type", "validate"),
+                ],
+            )),
+        ),
+    };
+    Run {
+        label,
+        size,
+        latencies,
+        took,
+        admission_ms,
+        validating_ms,
+    }
+}
+
+/// Until a Pod in `ns` is stored rewritten (or not): a new webhook or
+/// binding takes a moment to reach the apiserver's informers.
+async fn wait_until(ns: &str, rewritten: bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let cp = control_plane();
+        let body = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"generateName": "probe-"},
+                          "spec": {"containers": containers(3)}});
+        let resp = cp
+            .client()
+            .post(cp.url(&format!("/api/v1/namespaces/{ns}/pods?dryRun=All")))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let pod: Value = resp.json().await.unwrap_or_default();
+        let first = pod["spec"]["containers"][0]["image"]
+            .as_str()
+            .unwrap_or_default();
+        if first.starts_with("m.daocloud.io/") == rewritten && !first.is_empty() {
             return;
         }
-        assert!(Instant::now() < deadline, "webhook for {ns} never called");
+        assert!(Instant::now() < deadline, "{ns} never ready");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
 fn main() {
-    let n = env_usize("N", 2000);
-    let concurrent = env_usize("CLIENTS", 16);
+    let n = env_usize("N", 400);
+    let clients = env_usize("CLIENTS", 4);
+    let rounds = env_usize("ROUNDS", 4);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -232,12 +296,20 @@ fn main() {
     eprintln!("kube-apiserver {} on 127.0.0.1:{}", cp.version, cp.port);
     cp.namespace("bench-baseline", &[]);
     cp.namespace("bench-noop", &[("bench-webhook", "noop")]);
+    cp.namespace("bench-ideal", &[("bench-webhook", "ideal")]);
     cp.namespace("bench-detour", &[("detour.dev/mode", "enforce")]);
+    cp.namespace("bench-native", &[("bench-native", "true")]);
 
     let noop = TestWebhook::start(axum::Router::new().route("/allow", axum::routing::post(allow)));
     cp.apply(
         &noop
             .configuration("bench-noop", "/allow", ("bench-webhook", "noop"))
+            .to_string(),
+    );
+    let ideal = TestWebhook::start(ideal_router());
+    cp.apply(
+        &ideal
+            .configuration("bench-ideal", "/ideal", ("bench-webhook", "ideal"))
             .to_string(),
     );
     let config =
@@ -249,69 +321,95 @@ fn main() {
     });
     let ca = std::fs::read_to_string(detour.cert_dir.join("ca.crt")).unwrap();
     let _installed = Installed::new(cp, "opt-in", detour.port, &ca);
+    // Native mode: the shipped config's policy, bound to bench-native only.
+    let out = common::detour(&["policy", "--config", config.to_str().unwrap(), "-o", "json"]);
+    let mut list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for item in list["items"].as_array_mut().unwrap() {
+        if item["kind"].as_str().unwrap().ends_with("Binding") {
+            item["spec"]["matchResources"]["namespaceSelector"] =
+                json!({"matchLabels": {"bench-native": "true"}});
+        }
+    }
+    cp.apply(&list.to_string());
 
+    let subjects: [(&str, &'static str, Through, bool); 5] = [
+        ("bench-baseline", "no webhook", Through::Nothing, false),
+        (
+            "bench-noop",
+            "no-op webhook",
+            Through::Webhook("bench-noop.e2e.test"),
+            false,
+        ),
+        (
+            "bench-ideal",
+            "ideal webhook",
+            Through::Webhook("bench-ideal.e2e.test"),
+            true,
+        ),
+        (
+            "bench-detour",
+            "detour webhook",
+            Through::Webhook("enforce.detour.dev"),
+            true,
+        ),
+        ("bench-native", "native policy", Through::Native, true),
+    ];
     let mut runs = Vec::new();
     runtime.block_on(async {
-        // The no-op webhook fails closed: a created Pod means it answered.
-        wait_for_webhook("bench-noop", |c| c.status == 201).await;
-        wait_for_webhook("bench-detour", |c| c.image.starts_with("m.daocloud.io/")).await;
-        let subjects = [
-            ("bench-baseline", "no webhook", Through::Nothing),
-            (
-                "bench-noop",
-                "no-op webhook",
-                Through::Webhook("bench-noop.e2e.test"),
-            ),
-            ("bench-detour", "detour", Through::Detour(&detour)),
-        ];
-        for (ns, _, _) in subjects {
-            run(ns, "warm-up", 4, 200, Through::Nothing).await;
+        for (ns, _, _, rewritten) in subjects {
+            wait_until(ns, rewritten).await;
         }
-        // Alternating subjects, so that drift (etcd growing, the machine's
-        // other load) falls on all of them alike.
-        for clients in [1, concurrent] {
-            for round in 1..=2 {
-                for (ns, label, through) in subjects {
-                    let label = format!("{label} (round {round})");
-                    let run = run(ns, &label, clients, n / 2, through).await;
-                    if matches!(through, Through::Detour(_)) {
-                        assert!(
-                            run.results
-                                .iter()
-                                .all(|c| c.image.starts_with("m.daocloud.io/")),
-                            "every Pod is rewritten"
-                        );
-                    }
-                    runs.push(run);
+        for size in [3, 60] {
+            for (ns, label, through, rewritten) in subjects {
+                run(ns, label, size, clients, n / 4, through, rewritten).await;
+            }
+            // Alternating subjects, so that drift (etcd growing, the
+            // machine's other load) falls on all of them alike.
+            for _ in 0..rounds {
+                for (ns, label, through, rewritten) in subjects {
+                    runs.push(run(ns, label, size, clients, n, through, rewritten).await);
                 }
             }
         }
     });
 
     println!();
-    println!("| through | clients | Pods | Pods/s | client p50 ms | client p99 ms | webhook call mean ms | p50 ms | p99 ms | detour's own mean ms |");
-    println!("|---|---|---|---|---|---|---|---|---|---|");
-    for r in &runs {
-        let mut lat: Vec<Duration> = r.results.iter().map(|c| c.latency).collect();
-        lat.sort();
-        let (mean, p50, p99) = r
-            .webhook
-            .clone()
-            .unwrap_or(("-".into(), "-".into(), "-".into()));
-        let own = r.detour_ms.map_or("-".into(), |ms| format!("{ms:.3}"));
-        println!(
-            "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} |",
-            r.label,
-            r.clients,
-            r.results.len(),
-            r.results.len() as f64 / r.took.as_secs_f64(),
-            ms(percentile(&lat, 0.5)),
-            ms(percentile(&lat, 0.99)),
-            mean,
-            p50,
-            p99,
-            own
-        );
+    println!("{rounds} rounds of {n} Pods from {clients} clients each; admission ms is the apiserver's own time per Pod create, mean of the rounds");
+    println!();
+    println!("| containers | through | Pods/s | client p50 ms | client p99 ms | admission ms (webhook call, or mutating policy) | validating policy ms |");
+    println!("|---|---|---|---|---|---|---|");
+    for size in [3, 60] {
+        for (_, label, _, _) in subjects {
+            let mine: Vec<&Run> = runs
+                .iter()
+                .filter(|r| r.label == label && r.size == size)
+                .collect();
+            let mut lat: Vec<Duration> = mine.iter().flat_map(|r| r.latencies.clone()).collect();
+            lat.sort();
+            let pods = lat.len() as f64;
+            let secs: f64 = mine.iter().map(|r| r.took.as_secs_f64()).sum();
+            let mean = |f: &dyn Fn(&Run) -> Option<f64>| -> String {
+                let v: Vec<f64> = mine.iter().filter_map(|r| f(r)).collect();
+                if v.is_empty() {
+                    "-".into()
+                } else {
+                    let rounds: Vec<String> = v.iter().map(|x| format!("{x:.2}")).collect();
+                    format!(
+                        "{:.2} ({})",
+                        v.iter().sum::<f64>() / v.len() as f64,
+                        rounds.join(", ")
+                    )
+                }
+            };
+            println!(
+                "| {size} | {label} | {:.0} | {} | {} | {} | {} |",
+                pods / secs,
+                ms(percentile(&lat, 0.5)),
+                ms(percentile(&lat, 0.99)),
+                mean(&|r| r.admission_ms),
+                mean(&|r| r.validating_ms),
+            );
+        }
     }
     let rss = std::fs::read_to_string(format!("/proc/{}/status", detour.child.id()))
         .unwrap_or_default()

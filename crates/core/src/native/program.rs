@@ -7,27 +7,54 @@
 //! grammar of [`crate::reference`], leave placeholders, invalid references
 //! and images already under a mirror alone, apply the global skip list,
 //! then take the first covering rule that accepts the reference, in the
-//! engine's order, with aliases tried below exact hosts. The apiserver's CEL
-//! has no `let`, so `[value].map(name, body)[0]` binds a name; the policy's
-//! variables are evaluated once per request and shared by its expressions.
+//! engine's order, with aliases tried below exact hosts.
+//!
+//! Written for the apiserver's CEL, where every comprehension costs
+//! microseconds: each step is a policy variable (evaluated once per
+//! request) that maps over all images; a value used twice is recomputed
+//! from cheap string functions rather than bound (`[x].map(n, …)[0]`, the
+//! only `let`, is a comprehension); one regular expression checks the
+//! grammar; prefixes are built only as deep as the tables' keys; and the
+//! winning rule is the maximum of the accepting candidates (their decimal
+//! strings order as the engine tries them, see [`super::tables::RULE_SLOTS`]).
 
 use super::tables::{
-    Tables, DIGESTS_DROP, DIGESTS_REQUIRE, DIGESTS_SKIP, EXACT_TIER_RANK, KIND_FLATTEN,
-    KIND_FULL_REFERENCE, KIND_HOST, KIND_JOIN, KIND_KEEP, KIND_PREFIX, RULE_SLOTS,
+    Tables, DIGESTS_DROP, DIGESTS_REQUIRE, DIGESTS_SKIP, ENTRY_CANDIDATE, ENTRY_DIGESTS,
+    ENTRY_DOMAIN, ENTRY_INDEX, ENTRY_KIND, ENTRY_PATH, ENTRY_PATH_SLASH, ENTRY_SOURCE_PATH,
+    ENTRY_TOKEN, EXACT_TIER_RANK, KIND_FLATTEN, KIND_FULL_REFERENCE, KIND_HOST, KIND_JOIN,
+    KIND_KEEP, KIND_PREFIX, RULE_SLOTS,
 };
 use crate::pod::ORIGINAL_IMAGES_ANNOTATION;
 
-/// The reference grammar of `crate::reference`, as anchored RE2.
-const LOOKS_LIKE_DOMAIN: &str = r"[.:]|^localhost$|[A-Z]";
-const DOMAIN: &str = r"^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*|\[[a-fA-F0-9:]+\])(?::[0-9]+)?$";
+/// A path component of the reference grammar.
 const COMPONENT: &str = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*";
-const TAG: &str = r"^:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$";
-const DIGEST: &str = r"^@(?:sha256:[a-f0-9]{64}|sha384:[a-f0-9]{96}|sha512:[a-f0-9]{128})$";
+/// The same without '.': a first component followed by '/' that is not a
+/// registry host (a host has a '.', a ':', is localhost or has uppercase).
+const COMPONENT_NO_DOT: &str = r"[a-z0-9]+(?:(?:_|__|-+)[a-z0-9]+)*";
+const DOMAIN: &str = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*|\[[a-fA-F0-9:]+\])(?::[0-9]+)?";
+const TAG_AND_DIGEST: &str = r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@(?:sha256:[a-f0-9]{64}|sha384:[a-f0-9]{96}|sha512:[a-f0-9]{128}))?";
+/// 64 lowercase hex digits: refused as a name (it would read as an image ID).
 const HEX_IDENTIFIER: &str = r"^[a-f0-9]{64}$";
+/// Padding of the empty winner: sorts below every 14-digit candidate.
+const NO_WINNER: &str = "00000000000000";
 /// The canonical form of the original-images annotation that detour writes
-/// (`{"name":"image",...}`, nothing to escape): the only form that CEL,
+/// (`{"name":"image",...}`, nothing to escape; names sort as their entries
+/// because every character of a name is above '"'): the only form that CEL,
 /// which cannot parse JSON, reads back.
-const CANONICAL_RECORD: &str = r#"^\{(?:"[^"\\\x00-\x1f]*":"[^"\\\x00-\x1f]*"(?:,"[^"\\\x00-\x1f]*":"[^"\\\x00-\x1f]*")*)?\}$"#;
+const CANONICAL_RECORD: &str =
+    r#"^\{(?:"[^\x00-\x22\\]*":"[^"\\\x00-\x1f]*"(?:,"[^\x00-\x22\\]*":"[^"\\\x00-\x1f]*")*)?\}$"#;
+
+/// The whole reference grammar as one anchored expression (one match per
+/// image): a registry host then a path, or a path whose first component
+/// (when more follow) cannot be read as a host; then tag and digest. Which
+/// reading applies is decided by `first` below, as the parser decides it;
+/// both readings accept the same strings (a one-label host like `foo` is
+/// also a path component), so one expression answers for both.
+fn grammar() -> String {
+    format!(
+        "^(?:{DOMAIN}/{COMPONENT}(?:/{COMPONENT})*|{COMPONENT}|{COMPONENT_NO_DOT}(?:/{COMPONENT})+){TAG_AND_DIGEST}$"
+    )
+}
 
 /// What the decision program may leave out for a rule set.
 #[derive(Debug, Clone, Copy)]
@@ -55,81 +82,47 @@ pub fn variables(t: &Tables, settings: Settings) -> Vec<(&'static str, String)> 
         entry("initContainers"),
         entry("ephemeralContainers"),
     );
+    // The first component with its '/', when the parser reads it as the
+    // registry host (it has a '.' or a ':', is localhost, or has
+    // uppercase), and what follows the path (`:tag@digest`: for a valid
+    // reference, from the first ':' or '@' that no '/' follows).
+    let parsed = format!(
+        "variables.containers.map(e, {{'at': e.at, 'name': e.name, 'image': e.image, \
+'first': e.image.find(r'^(?:[^/]*[.:A-Z][^/]*|localhost)/'), 'suffix': e.image.find(r'[:@][^/]*$'), \
+'state': {placeholder_check} ? 'placeholder' : \
+!e.image.matches(r'{grammar}') || (size(e.image) == 64 && e.image.matches(r'{HEX_IDENTIFIER}')) ? 'invalid' : 'valid'}})",
+        grammar = grammar(),
+        placeholder_check = if t.has("placeholders") {
+            "e.image in variables.placeholders"
+        } else {
+            "false"
+        },
+    );
+    let split = "variables.parsed.map(p, p.state != 'valid' ? p : {'state': p.state, 'at': p.at, 'name': p.name, 'image': p.image, 'suffix': p.suffix, \
+'domain': p.first == '' || p.first == 'index.docker.io/' ? 'docker.io' : p.first.substring(0, size(p.first) - 1), \
+'path': p.image.substring(size(p.first), size(p.image) - size(p.suffix))})".to_string();
+    // Normalised: the host (lowercase), the repository with `library/`,
+    // and the key `host/repo`.
+    let repo = "(s.domain == 'docker.io' && !s.path.contains('/') ? 'library/' + s.path : s.path)";
     let refs = format!(
-        "variables.containers.map(e, \
-[e.image.indexOf('/')].map(slash, \
-[slash >= 0 && e.image.substring(0, slash).matches(r'{LOOKS_LIKE_DOMAIN}') ? e.image.substring(0, slash) : ''].map(first, \
-[first == '' ? e.image : e.image.substring(slash + 1)].map(rest, \
-[rest.indexOf('@')].map(at, \
-[at >= 0 ? rest.substring(0, at) : rest].map(nametag, \
-[nametag.indexOf(':')].map(colon, \
-[first == '' || first == 'index.docker.io' ? 'docker.io' : first].map(domain, \
-[colon >= 0 ? nametag.substring(0, colon) : nametag].map(path, \
-[domain == 'docker.io' && !path.contains('/') ? 'library/' + path : path].map(repo, \
-[colon >= 0 ? ':' + nametag.substring(colon + 1) : ''].map(tag, \
-[at >= 0 ? '@' + rest.substring(at + 1) : ''].map(digest, \
-{{'at': e.at, 'name': e.name, 'image': e.image, 'domain': domain, 'repo': repo, 'tag': tag, 'digest': digest, \
-'host': domain.lowerAscii(), 'key': domain.lowerAscii() + '/' + repo, \
-'valid': e.image != '' && !e.image.matches(r'{HEX_IDENTIFIER}') && domain.matches(r'{DOMAIN}') \
-&& path.matches(r'^{COMPONENT}(?:/{COMPONENT})*$') && size(repo) <= 255 \
-&& (tag == '' || tag.matches(r'{TAG}')) && (digest == '' || digest.matches(r'{DIGEST}')) ? 'y' : ''}}\
-)[0])[0])[0])[0])[0])[0])[0])[0])[0])[0])[0])"
+        "variables.split.map(s, s.state != 'valid' ? {{'state': s.state, 'at': s.at, 'name': s.name, 'image': s.image}} : \
+{{'state': size({repo}) > 255 ? 'invalid' : 'valid', 'at': s.at, 'name': s.name, 'image': s.image, \
+'domain': s.domain, 'host': s.domain.lowerAscii(), 'repo': {repo}, 'key': s.domain.lowerAscii() + '/' + {repo}, 'suffix': s.suffix}})"
     );
-    let placeholder = if t.has("placeholders") {
-        " || r.image in variables.placeholders"
-    } else {
-        ""
-    };
-    let mirror_check = if t.has("mirrors") {
-        "dv.prefixes.exists(k, k in variables.mirrors)"
-    } else {
-        "false"
-    };
-    let mut skip_checks = Vec::new();
-    if t.has("skipExact") {
-        skip_checks.push("dv.key in variables.skipExact".to_string());
-    }
-    if t.has("skipPrefix") {
-        skip_checks.push("dv.prefixes.exists(k, k in variables.skipPrefix)".to_string());
-    }
-    let skip_check = if skip_checks.is_empty() {
-        "false".to_string()
-    } else {
-        skip_checks.join(" || ")
-    };
-    let direct = search(t, "dv");
-    let chosen = if t.has("aliases") {
-        let aliased = search(t, "av");
-        format!(
-            "(d.spec >= {EXACT_TIER_RANK} ? d : \
-[dv.prefixes.filter(p, p in variables.aliases)].map(ah, size(ah) == 0 ? d : \
-[variables.aliases[ah[0]]].map(to, \
-[dv.key == ah[0] ? '' : dv.key.substring(size(ah[0]) + 1)].map(arest, \
-[{join_ap}].map(ap, \
-[to[0] == 'docker.io' && !ap.contains('/') ? 'library/' + ap : ap].map(arepo, \
-ap == '' || size(arepo) > 255 ? d : \
-[{{'host': dyn(to[0]), 'repo': dyn(arepo), 'key': dyn(to[0] + '/' + arepo), 'prefixes': dyn({prefixes})}}].map(av, \
-[{aliased}].map(a, a.out != '' && (d.out == '' || a.spec > d.spec) ? a : d)[0])[0])[0])[0])[0])[0])[0])",
-            join_ap = join("to[1]", "arest"),
-            prefixes = prefixes("to[0]", "arepo"),
-        )
-    } else {
-        "d".to_string()
-    };
-    let decisions = format!(
-        "variables.refs.map(r, r.valid != 'y'{placeholder} ? {{'to': '', 'rule': ''}} : \
-[{{'host': dyn(r.host), 'repo': dyn(r.repo), 'key': dyn(r.key), 'prefixes': dyn({prefixes})}}].map(dv, \
-{mirror_check} || {skip_check} ? {{'to': '', 'rule': ''}} : \
-[{direct}].map(d, [{chosen}].map(w, \
-w.out == '' || w.out == 'K' || w.out == r.domain + '/' + r.repo + r.tag + r.digest ? {{'to': '', 'rule': ''}} \
-: {{'to': string(w.out), 'rule': string(w.rule)}})[0])[0])[0])",
-        prefixes = prefixes("r.host", "r.repo"),
+    let prefixes = format!(
+        "variables.refs.map(r, r.state != 'valid' ? [] : {})",
+        prefixes_of("r.host", "r.repo", t.max_depth)
     );
-    let changes =
-        "lists.range(size(variables.decisions)).filter(n, variables.decisions[n].to != '').map(n, \
-{'at': variables.refs[n].at, 'name': variables.refs[n].name, 'from': variables.refs[n].image, \
-'to': variables.decisions[n].to, 'rule': variables.names[int(variables.decisions[n].rule)]})"
-            .to_string();
+    let decide = decide(t);
+    let decisions =
+        format!("variables.refs.transformList(n, r, r.state != 'valid' ? '' : {decide})");
+    let changes = format!(
+        "lists.range(size(variables.decisions)).filter(n, variables.decisions[n] != '').map(n, \
+{{'at': variables.refs[n].at, 'name': variables.refs[n].name, 'from': variables.refs[n].image, \
+'to': variables.decisions[n].substring(15), \
+'rule': variables.names[{last} - int(variables.decisions[n].substring(9, 14))]}})",
+        last = RULE_SLOTS - 1,
+    );
     vec![
         ("creating", "request.operation == 'CREATE'".to_string()),
         (
@@ -137,17 +130,29 @@ w.out == '' || w.out == 'K' || w.out == r.domain + '/' + r.repo + r.tag + r.dige
             "variables.creating || !has(oldObject.spec.ephemeralContainers) ? [] : oldObject.spec.ephemeralContainers.map(c, c.name)".to_string(),
         ),
         ("containers", containers),
+        ("parsed", parsed),
+        ("split", split),
         ("refs", refs),
+        ("prefixes", prefixes),
         ("decisions", decisions),
         ("changes", changes),
     ]
 }
 
-/// `path` prefixes of `host/repo` at component boundaries, longest first,
-/// ending with the bare host (`component_prefixes` of the engine).
-fn prefixes(host: &str, repo: &str) -> String {
+/// The prefixes of `host/repo` at component boundaries that are at most
+/// `depth` components deep, longest first, ending with the bare host
+/// (the engine's `component_prefixes`, cut where no table key reaches).
+fn prefixes_of(host: &str, repo: &str, depth: usize) -> String {
+    if depth == 0 {
+        return format!("[{host}]");
+    }
+    let levels: Vec<String> = (1..=depth)
+        .rev()
+        .map(|d| format!("(size(cs) >= {d} ? [{host} + '/' + cs.slice(0, {d}).join('/')] : [])"))
+        .collect();
     format!(
-        "[{repo}.split('/')].map(cs, lists.range(size(cs)).map(n, {host} + '/' + cs.slice(0, size(cs) - n).join('/')) + [{host}])[0]"
+        "[{repo}.split('/')].map(cs, {} + [{host}])[0]",
+        levels.join(" + ")
     )
 }
 
@@ -156,121 +161,259 @@ fn join(a: &str, b: &str) -> String {
     format!("({a} == '' ? {b} : ({b} == '' ? {a} : {a} + '/' + {b}))")
 }
 
-/// The first covering rule that accepts the view `v`, as
-/// `{'spec': rank, 'out': result, 'rule': index}`; `out` is '' when none
-/// does, 'K' when an exception rule keeps the reference.
-fn search(t: &Tables, v: &str) -> String {
+/// A view of a reference for the search: its host, repository, key and
+/// prefixes (the direct reference, or its alias).
+struct View {
+    host: String,
+    repo: String,
+    key: String,
+    prefixes: String,
+}
+
+/// `prefixes.exists(k, k in table)`, without the comprehension when the
+/// only prefix is the host.
+fn any_prefix_in(t: &Tables, v: &View, table: &str) -> String {
+    if t.max_depth == 0 {
+        format!("{} in variables.{table}", v.host)
+    } else {
+        format!("{}.exists(k, k in variables.{table})", v.prefixes)
+    }
+}
+
+/// The decision for ref `r` (index `n`): `'<candidate> <new image>'`, or
+/// '' when the image stays as written.
+fn decide(t: &Tables) -> String {
+    let direct = View {
+        host: "r.host".into(),
+        repo: "r.repo".into(),
+        key: "r.key".into(),
+        prefixes: "variables.prefixes[n]".into(),
+    };
+    let mut leave = Vec::new();
+    if t.has("mirrors") {
+        leave.push(any_prefix_in(t, &direct, "mirrors"));
+    }
+    if t.has("skipExact") {
+        leave.push("r.key in variables.skipExact".to_string());
+    }
+    if t.has("skipPrefix") {
+        leave.push(any_prefix_in(t, &direct, "skipPrefix"));
+    }
+    let leave = if leave.is_empty() {
+        "false".to_string()
+    } else {
+        leave.join(" || ")
+    };
+    let direct_winner = winner(t, &direct);
+    let chosen = if t.has("aliases") {
+        let alias = View {
+            host: "to[0]".into(),
+            repo: "arepo".into(),
+            key: "(to[0] + '/' + arepo)".into(),
+            prefixes: "aps".into(),
+        };
+        let aliased = winner(t, &alias);
+        let lookup = if t.max_depth == 0 {
+            format!("(r.host in variables.aliases ? [r.host] : [])")
+        } else {
+            "variables.prefixes[n].filter(p, p in variables.aliases)".to_string()
+        };
+        format!(
+            "(int(d.substring(0, 9)) >= {exact_rank} ? d : \
+[{lookup}].map(ah, size(ah) == 0 ? d : \
+[variables.aliases[ah[0]]].map(to, \
+[{join_ap}].map(ap, \
+[to[0] == 'docker.io' && !ap.contains('/') ? 'library/' + ap : ap].map(arepo, \
+ap == '' || size(arepo) > 255 ? d : \
+[{prefixes}].map(aps, [{aliased}].map(a, a != '{NO_WINNER}' && a.substring(0, 9) > d.substring(0, 9) ? a : d)[0])[0])[0])[0])[0])[0])",
+            exact_rank = EXACT_TIER_RANK,
+            join_ap = join("to[1]", "(r.key == ah[0] ? '' : r.key.substring(size(ah[0]) + 1))"),
+            prefixes = prefixes_of("to[0]", "arepo", t.max_depth),
+        )
+    } else {
+        "d".to_string()
+    };
+    let settle = "w == '{NO_WINNER}' || w.substring(15) == 'K' || w.substring(15) == r.domain + '/' + r.repo + r.suffix ? '' : w"
+        .replace("{NO_WINNER}", NO_WINNER);
+    if t.has("aliases") {
+        format!("{leave} ? '' : [{direct_winner}].map(d, [{chosen}].map(w, {settle})[0])[0]")
+    } else {
+        format!("{leave} ? '' : [{direct_winner}].map(w, {settle})[0]")
+    }
+}
+
+/// The rules that cover the view, in the engine's order (renames, exact
+/// hosts by depth, subdomains, any), as candidates (see `tables`).
+fn candidates(t: &Tables, v: &View) -> String {
     let mut parts = Vec::new();
     if t.has("renames") {
         parts.push(format!(
-            "({v}.key in variables.renames ? variables.renames[{v}.key] : [])"
+            "({key} in variables.renames ? variables.renames[{key}] : [])",
+            key = v.key
         ));
     }
     if t.has("exact") {
-        parts.push(format!(
-            "{v}.prefixes.filter(p, p in variables.exact).map(p, variables.exact[p]).flatten()"
-        ));
+        parts.push(if t.max_depth == 0 {
+            format!(
+                "({h} in variables.exact ? variables.exact[{h}] : [])",
+                h = v.host
+            )
+        } else {
+            format!(
+                "{}.filter(p, p in variables.exact).map(p, variables.exact[p]).flatten()",
+                v.prefixes
+            )
+        });
     }
     if t.has("subdomains") {
         // Every suffix of the host after a dot, longest first, with the port.
         parts.push(format!(
-            "({v}.host.startsWith('[') ? [] : [{v}.host.split(':')].map(hp, [hp[0].split('.')].map(ls, \
+            "({h}.startsWith('[') ? [] : [{h}.split(':')].map(hp, [hp[0].split('.')].map(ls, \
 [size(hp) > 1 ? ':' + hp[1] : ''].map(port, \
 lists.range(size(ls) - 1).map(j, ls.slice(j + 1, size(ls)).join('.') + port).map(sh, \
 {sp}.filter(p, p in variables.subdomains).map(p, variables.subdomains[p]).flatten()).flatten())[0])[0])[0])",
-            sp = prefixes("sh", &format!("{v}.repo")),
+            h = v.host,
+            sp = prefixes_of("sh", &v.repo, t.max_depth),
         ));
     }
     if t.has("any") {
         parts.push("variables.any".to_string());
     }
-    // `lists.range(0)`: an empty list of int, where `[]` has no element type.
-    let candidates = if parts.is_empty() {
-        "lists.range(0)".to_string()
+    if parts.is_empty() {
+        "[]".to_string()
     } else {
         parts.join(" + ")
-    };
+    }
+}
+
+/// The first covering rule that accepts the view, as
+/// `'<candidate> <outcome>'` ('K' for an exception rule), or [`NO_WINNER`].
+fn winner(t: &Tables, v: &View) -> String {
     format!(
-        "[{candidates}].map(cs, [cs.map(c, {outcome})].map(os, \
-[lists.range(size(os)).filter(n, os[n] != 'D')].map(hit, size(hit) == 0 ? \
-{{'spec': dyn(0), 'out': dyn(''), 'rule': dyn(-1)}} : \
-{{'spec': dyn(cs[hit[0]] / {RULE_SLOTS}), 'out': dyn(os[hit[0]]), 'rule': dyn(cs[hit[0]] % {RULE_SLOTS})}})[0])[0])[0]",
-        outcome = outcome(t, v),
+        "(({}).map(c, {}).filter(o, o != 'D') + ['{NO_WINNER}']).max()",
+        candidates(t, v),
+        outcome(t, v)
     )
 }
 
-/// What rule `id` (bound from the candidate `c`) does with the view `v`:
-/// 'D' when it declines, 'K' when it keeps, else the new reference.
-fn outcome(t: &Tables, v: &str) -> String {
-    let mut declines = Vec::new();
+/// What the rule of entry `c` does with the view: 'D' when it declines,
+/// else `'<candidate> K'` (kept) or `'<candidate> <new reference>'`. Only
+/// the kinds and features the rule set uses are tested for.
+fn outcome(t: &Tables, v: &View) -> String {
+    let field = |i: usize| format!("c[{i}]");
+    let cand = field(ENTRY_CANDIDATE);
+    let index = field(ENTRY_INDEX);
+    let mut lists = Vec::new();
     if t.has("allowRules") {
         let mut inside = Vec::new();
         if t.has("allowExact") {
-            inside.push(format!(
-                "string(id) + '|' + {v}.key in variables.allowExact"
-            ));
+            inside.push(format!("{index} + '|' + {} in variables.allowExact", v.key));
         }
         if t.has("allowPrefix") {
             inside.push(format!(
-                "{v}.prefixes.exists(p, string(id) + '|' + p in variables.allowPrefix)"
+                "{}.exists(p, {index} + '|' + p in variables.allowPrefix)",
+                v.prefixes
             ));
         }
-        declines.push(format!(
-            "(id in variables.allowRules && !({}))",
+        lists.push(format!(
+            "({index} in variables.allowRules && !({}))",
             inside.join(" || ")
         ));
     }
     if t.has("ruleSkipExact") {
-        declines.push(format!(
-            "string(id) + '|' + {v}.key in variables.ruleSkipExact"
+        lists.push(format!(
+            "{index} + '|' + {} in variables.ruleSkipExact",
+            v.key
         ));
     }
     if t.has("ruleSkipPrefix") {
-        declines.push(format!(
-            "{v}.prefixes.exists(p, string(id) + '|' + p in variables.ruleSkipPrefix)"
+        lists.push(format!(
+            "{}.exists(p, {index} + '|' + p in variables.ruleSkipPrefix)",
+            v.prefixes
         ));
     }
-    let list_decline = if declines.is_empty() {
-        "false".to_string()
-    } else {
-        declines.join(" || ")
-    };
-    let (digest_decline, kept_digest) = if t.has("digests") {
+    let kind = field(ENTRY_KIND);
+    let digests = field(ENTRY_DIGESTS);
+    let (digest_decline, kept_suffix) = if t.digest_policies {
         (
             format!(
-                "[variables.digests[id]].map(dp, (dp == {DIGESTS_SKIP} && r.digest != '') || \
-(dp == {DIGESTS_DROP} && r.digest != '' && r.tag == '') || (dp == {DIGESTS_REQUIRE} && r.digest == ''))[0]"
+                "({digests} == '{DIGESTS_SKIP}' && r.suffix.contains('@')) || \
+({digests} == '{DIGESTS_DROP}' && r.suffix.startsWith('@')) || \
+({digests} == '{DIGESTS_REQUIRE}' && !r.suffix.contains('@'))"
             ),
-            format!("(variables.digests[id] == {DIGESTS_DROP} ? '' : r.digest)"),
+            format!("({digests} == '{DIGESTS_DROP}' ? r.suffix.split('@')[0] : r.suffix)"),
         )
     } else {
-        ("false".to_string(), "r.digest".to_string())
+        (String::new(), "r.suffix".to_string())
     };
-    let new_path = format!(
-        "kd == {KIND_HOST} ? {v}.repo : \
-kd == {KIND_PREFIX} ? {prefix} : \
-kd == {KIND_FULL_REFERENCE} ? ({v}.host.matches(r'^{COMPONENT}$') ? {full} : '') : \
-kd == {KIND_FLATTEN} ? {flatten} : \
-kd == {KIND_JOIN} ? [([tg[3]] + rest.split('/')).filter(x, x != '').join('.')].map(jn, {joined})[0] : \
-tg[1]",
-        prefix = join("tg[1]", "rest"),
-        full = format!(
-            "[{v}.host + '/' + {v}.repo].map(hr, {})[0]",
-            join("tg[1]", "hr")
-        ),
-        flatten = format!(
-            "[{v}.repo.substring({v}.repo.lastIndexOf('/') + 1)].map(last, {})[0]",
-            join("tg[1]", "last")
-        ),
-        joined = join("tg[1]", "jn"),
+    let (path, slashed) = (field(ENTRY_PATH), field(ENTRY_PATH_SLASH));
+    let source_path = field(ENTRY_SOURCE_PATH);
+    let rest = format!(
+        "({sp} == '' ? {repo} : ({repo} == {sp} ? '' : {repo}.substring(size({sp}) + 1)))",
+        sp = source_path,
+        repo = v.repo
     );
-    format!(
-        "[c % {RULE_SLOTS}].map(id, {list_decline} ? 'D' : variables.kinds[id] == {KIND_KEEP} ? 'K' : {digest_decline} ? 'D' : \
-[variables.targets[id]].map(tg, [tg[2] == '' ? {v}.repo : ({v}.repo == tg[2] ? '' : {v}.repo.substring(size(tg[2]) + 1))].map(rest, \
-[variables.kinds[id]].map(kd, [{new_path}].map(np, \
-[tg[0] == 'docker.io' && np != '' && !np.contains('/') ? 'library/' + np : np].map(fp, \
-fp == '' || size(fp) > 255 ? 'D' : tg[0] + '/' + fp + r.tag + {kept_digest})[0])[0])[0])[0])[0])[0]"
-    )
+    let kinds: Vec<i64> = t
+        .kinds
+        .iter()
+        .copied()
+        .filter(|&k| k != KIND_KEEP)
+        .collect();
+    let path_of = |k: i64| -> String {
+        match k {
+            KIND_HOST => v.repo.clone(),
+            KIND_PREFIX => format!("({rest} == '' ? {path} : {slashed} + {rest})"),
+            KIND_FULL_REFERENCE => format!(
+                "({h}.matches(r'^{COMPONENT}$') ? {slashed} + {h} + '/' + {r} : '')",
+                h = v.host,
+                r = v.repo
+            ),
+            KIND_FLATTEN => format!(
+                "{slashed} + {r}.substring({r}.lastIndexOf('/') + 1)",
+                r = v.repo
+            ),
+            KIND_JOIN => format!(
+                "[([{}] + {rest}.split('/')).filter(x, x != '').join('.')].map(jn, jn == '' ? {path} : {slashed} + jn)[0]",
+                field(ENTRY_TOKEN)
+            ),
+            _ => path.clone(),
+        }
+    };
+    // The new path: one formula per kind used, the last without a test.
+    let mut new_path = String::new();
+    for (n, &k) in kinds.iter().enumerate() {
+        if n + 1 == kinds.len() {
+            new_path.push_str(&path_of(k));
+        } else {
+            new_path.push_str(&format!("{kind} == '{k}' ? {} : ", path_of(k)));
+        }
+    }
+    if new_path.is_empty() {
+        new_path = "''".to_string();
+    }
+    let domain = field(ENTRY_DOMAIN);
+    let library = if t.docker_hub_targets {
+        format!("({domain} == 'docker.io' && np != '' && !np.contains('/') ? 'library/' + np : np)")
+    } else {
+        "np".to_string()
+    };
+    let apply = format!(
+        "[{new_path}].map(np, np == '' || size({library}) > 255 ? 'D' : {cand} + ' ' + {domain} + '/' + {library} + {kept_suffix})[0]"
+    );
+    // The engine's order: the rule's lists, an exception rule, its digest
+    // policy, then the transform.
+    let mut out = String::new();
+    if !lists.is_empty() {
+        out.push_str(&format!("{} ? 'D' : ", lists.join(" || ")));
+    }
+    if t.kinds.contains(&KIND_KEEP) {
+        out.push_str(&format!("{kind} == '{KIND_KEEP}' ? {cand} + ' K' : "));
+    }
+    if !digest_decline.is_empty() {
+        out.push_str(&format!("{digest_decline} ? 'D' : "));
+    }
+    out.push_str(&apply);
+    out
 }
 
 /// The JSON Patch of the mutation: each changed image, and on CREATE the
@@ -282,17 +425,18 @@ pub fn patch_expression() -> String {
         "/metadata/annotations/{}",
         key.replace('~', "~0").replace('/', "~1")
     );
+    let entry = "'\"' + c.name + '\":\"' + c.from + '\"'";
     format!(
         "variables.changes.map(c, JSONPatch{{op: 'replace', path: c.at, value: c.to}}) + \
 (!variables.creating || size(variables.changes) == 0 ? [] : \
 [has(object.metadata.annotations) && '{key}' in object.metadata.annotations ? object.metadata.annotations['{key}'] : ''].map(before, \
-[before.matches(r'{CANONICAL_RECORD}') && before != '{{}}' ? before.substring(2, size(before) - 2).split('\",\"').map(kv, kv.split('\":\"')) : []].map(earlier, \
-[earlier.map(kv, kv[0])].map(names, [variables.changes.map(c, c.name)].map(changed, \
-['{{' + (names + changed).distinct().sort().map(k, '\"' + k + '\":\"' + \
-(k in names ? earlier[names.lastIndexOf(k)][1] : variables.changes[changed.indexOf(k)].from) + '\"').join(',') + '}}'].map(record, \
+[before != '' && before != '{{}}' && before.matches(r'{CANONICAL_RECORD}') ? before.substring(2, size(before) - 2).split('\",\"') : []].map(earlier, \
+[earlier.map(kv, kv.split('\":\"')[0])].map(names, \
+['{{' + (earlier.transformList(i, kv, names.lastIndexOf(names[i]) == i, '\"' + kv + '\"') + \
+variables.changes.filter(c, !(c.name in names)).map(c, {entry})).sort().join(',') + '}}'].map(record, \
 [!has(object.metadata.annotations) ? \
 JSONPatch{{op: 'add', path: '/metadata/annotations', value: {{'{key}': record}}}} : \
-JSONPatch{{op: '{key}' in object.metadata.annotations ? 'replace' : 'add', path: '{pointer}', value: record}}])[0])[0])[0])[0])[0])"
+JSONPatch{{op: '{key}' in object.metadata.annotations ? 'replace' : 'add', path: '{pointer}', value: record}}])[0])[0])[0])[0])"
     )
 }
 
@@ -309,15 +453,21 @@ pub fn would_rewrite_annotation() -> &'static str {
 }
 
 /// Containers whose image is not a reference (the webhook warns of them).
-pub fn invalid_expression(t: &Tables) -> String {
-    let placeholder = if t.has("placeholders") {
-        " && !(r.image in variables.placeholders)"
-    } else {
-        ""
-    };
-    format!("variables.refs.filter(r, r.valid != 'y'{placeholder})")
+pub fn invalid_expression() -> String {
+    "variables.refs.filter(r, r.state == 'invalid')".to_string()
 }
 
 pub fn invalid_message() -> &'static str {
     "variables.invalid.map(r, 'detour: ' + r.name + ': image ' + strings.quote(r.image) + ' is not a valid reference').join('; ')"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_candidate_sentinel_sorts_below_every_candidate() {
+        let low = super::super::tables::candidate(100_000_000, 99_999).to_string();
+        assert!(NO_WINNER < low.as_str() && NO_WINNER.len() == low.len());
+    }
 }

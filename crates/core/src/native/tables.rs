@@ -9,10 +9,12 @@
 use std::collections::BTreeMap;
 
 use super::cel;
-use crate::rules::{specificity_of_bucket, BucketKind, DigestPolicy, RuleSet, Transform};
+use crate::rules::{specificity_of_bucket, BucketKind, DigestPolicy, Rule, RuleSet, Transform};
 
-/// Candidates are `rank * RULE_SLOTS + rule index`, so that one integer
-/// carries both and a list of them keeps the engine's order.
+/// Candidates are `rank * RULE_SLOTS + (RULE_SLOTS - 1 - rule index)`: one
+/// integer carries both, and of the rules that cover an image the one the
+/// engine tries first is the largest (higher rank, then earlier rule). Every
+/// candidate has 14 digits, so their decimal strings order as they do.
 pub const RULE_SLOTS: i64 = 100_000;
 /// Ranks are `tier * 10^8 + a * 10^4 + b` (see [`rank`]).
 pub const TIER_SCALE: i64 = 100_000_000;
@@ -34,6 +36,11 @@ pub const DIGESTS_DROP: i64 = 1;
 pub const DIGESTS_SKIP: i64 = 2;
 pub const DIGESTS_REQUIRE: i64 = 3;
 
+/// One covering rule of rank `rank` (see [`RULE_SLOTS`]).
+pub fn candidate(rank: i64, id: usize) -> i64 {
+    rank * RULE_SLOTS + (RULE_SLOTS - 1 - id as i64)
+}
+
 /// The engine's `(tier, a, b)` rank as one integer that orders the same.
 pub fn rank(bucket: BucketKind, key: &str) -> i64 {
     let (tier, a, b) = specificity_of_bucket(bucket, key);
@@ -46,6 +53,17 @@ pub fn rank(bucket: BucketKind, key: &str) -> i64 {
 #[derive(Debug, Default)]
 pub struct Tables {
     pub entries: Vec<(&'static str, String)>,
+    /// The most path components of any key that is looked up by prefix
+    /// (mirrors, exact hosts, subdomains, aliases, skip and allow
+    /// prefixes): an image's prefixes deeper than this cannot match, so the
+    /// program never builds them.
+    pub max_depth: usize,
+    /// The transform kinds the rules use (the program tests only these).
+    pub kinds: Vec<i64>,
+    /// Does any rule have a digest policy other than keep?
+    pub digest_policies: bool,
+    /// Does any rule send images to Docker Hub (where `library/` applies)?
+    pub docker_hub_targets: bool,
 }
 
 impl Tables {
@@ -53,27 +71,70 @@ impl Tables {
         self.entries.iter().any(|(n, _)| *n == name)
     }
 
+    fn deepen<'k>(&mut self, keys: impl IntoIterator<Item = &'k str>) {
+        for key in keys {
+            let repo = key.split_once('|').map_or(key, |(_, r)| r);
+            self.max_depth = self.max_depth.max(repo.matches('/').count());
+        }
+    }
+
     fn push(&mut self, name: &'static str, expression: String) {
         self.entries.push((name, expression));
     }
 }
 
-fn bucket_map(
-    buckets: &foldhash::HashMap<String, Vec<usize>>,
-    kind: BucketKind,
-) -> BTreeMap<String, Vec<i64>> {
-    buckets
-        .iter()
-        .map(|(key, ids)| {
-            let r = rank(kind, key);
-            let cands = ids.iter().map(|&id| r * RULE_SLOTS + id as i64).collect();
-            (key.clone(), cands)
-        })
-        .collect()
+/// One covering rule as the program reads it, a list of strings:
+/// `[candidate, kind, target domain, target path, target path + '/' (or ''),
+/// source path, token, digests, rule index]` (the `ENTRY_*` indexes).
+fn entry(rules: &[Rule], rank: i64, id: usize) -> String {
+    let rule = &rules[id];
+    let (domain, path) = rule.transform.target().unwrap_or_default_prefix();
+    let token = match &rule.transform {
+        Transform::Join { token, .. } => token.as_str(),
+        _ => "",
+    };
+    let slashed = if path.is_empty() {
+        String::new()
+    } else {
+        format!("{path}/")
+    };
+    cel::string_list([
+        candidate(rank, id).to_string().as_str(),
+        &kind_number(&rule.transform).to_string(),
+        &domain,
+        &path,
+        &slashed,
+        &rule.source.path,
+        token,
+        &digest_number(rule.digests).to_string(),
+        &id.to_string(),
+    ])
 }
 
-fn write_bucket_map(map: &BTreeMap<String, Vec<i64>>) -> String {
-    cel::map(map.iter().map(|(k, v)| (cel::string(k), cel::int_list(v))))
+pub const ENTRY_CANDIDATE: usize = 0;
+pub const ENTRY_KIND: usize = 1;
+pub const ENTRY_DOMAIN: usize = 2;
+pub const ENTRY_PATH: usize = 3;
+pub const ENTRY_PATH_SLASH: usize = 4;
+pub const ENTRY_SOURCE_PATH: usize = 5;
+pub const ENTRY_TOKEN: usize = 6;
+pub const ENTRY_DIGESTS: usize = 7;
+pub const ENTRY_INDEX: usize = 8;
+
+/// `{key: [entry, ...]}`, each bucket in the order the engine tries it.
+fn write_bucket_map(
+    rules: &[Rule],
+    buckets: &foldhash::HashMap<String, Vec<usize>>,
+    kind: BucketKind,
+) -> String {
+    let sorted: BTreeMap<&String, &Vec<usize>> = buckets.iter().collect();
+    cel::map(sorted.into_iter().map(|(key, ids)| {
+        let r = rank(kind, key);
+        (
+            cel::string(key),
+            cel::list(ids.iter().map(|&id| entry(rules, r, id))),
+        )
+    }))
 }
 
 /// Builds the tables; `names` are the rule names as JSON strings (for the
@@ -83,6 +144,15 @@ pub fn build(rules: &RuleSet, placeholders: &[String]) -> Tables {
     let mut t = Tables::default();
     if !placeholders.is_empty() {
         t.push("placeholders", cel::string_set(placeholders));
+    }
+    t.deepen(index.mirrors.iter().map(String::as_str));
+    t.deepen(index.exact.keys().map(String::as_str));
+    t.deepen(index.subdomains.keys().map(String::as_str));
+    t.deepen(index.aliases.keys().map(String::as_str));
+    t.deepen(rules.skip().prefix_keys());
+    for r in rules.rules() {
+        t.deepen(r.allow.prefix_keys());
+        t.deepen(r.skip.prefix_keys());
     }
     if !index.mirrors.is_empty() {
         let mut mirrors: Vec<&str> = index.mirrors.iter().map(String::as_str).collect();
@@ -100,24 +170,32 @@ pub fn build(rules: &RuleSet, placeholders: &[String]) -> Tables {
     if !skip_prefix.is_empty() {
         t.push("skipPrefix", cel::string_set(skip_prefix));
     }
+    let all = rules.rules();
     for (name, buckets, kind) in [
         ("renames", index.renames, BucketKind::Rename),
         ("exact", index.exact, BucketKind::Exact),
         ("subdomains", index.subdomains, BucketKind::Subdomain),
     ] {
         if !buckets.is_empty() {
-            t.push(name, write_bucket_map(&bucket_map(buckets, kind)));
+            t.push(name, write_bucket_map(all, buckets, kind));
         }
     }
     if !index.any.is_empty() {
         let r = rank(BucketKind::Any, "*");
-        let cands: Vec<i64> = index
-            .any
-            .iter()
-            .map(|&id| r * RULE_SLOTS + id as i64)
-            .collect();
-        t.push("any", cel::int_list(&cands));
+        t.push(
+            "any",
+            cel::list(index.any.iter().map(|&id| entry(all, r, id))),
+        );
     }
+    t.kinds = all.iter().map(|r| kind_number(&r.transform)).collect();
+    t.kinds.sort_unstable();
+    t.kinds.dedup();
+    t.digest_policies = all.iter().any(|r| r.digests != DigestPolicy::Keep);
+    t.docker_hub_targets = all.iter().any(|r| {
+        r.transform
+            .target()
+            .is_some_and(|t| t.domain == crate::reference::DOCKER_HUB)
+    });
     if !index.aliases.is_empty() {
         let aliases: BTreeMap<&str, usize> = index
             .aliases
@@ -133,30 +211,6 @@ pub fn build(rules: &RuleSet, placeholders: &[String]) -> Tables {
             })),
         );
     }
-    // Per rule, by index: kind, [target domain, target path, source path, token], digests.
-    let all = rules.rules();
-    let kinds: Vec<i64> = all.iter().map(|r| kind_number(&r.transform)).collect();
-    t.push("kinds", cel::int_list(&kinds));
-    t.push(
-        "targets",
-        cel::list(all.iter().map(|r| {
-            let target = r.transform.target().unwrap_or_default_prefix();
-            let token = match &r.transform {
-                Transform::Join { token, .. } => token.as_str(),
-                _ => "",
-            };
-            cel::string_list([
-                target.0.as_str(),
-                target.1.as_str(),
-                r.source.path.as_str(),
-                token,
-            ])
-        })),
-    );
-    if all.iter().any(|r| r.digests != DigestPolicy::Keep) {
-        let digests: Vec<i64> = all.iter().map(|r| digest_number(r.digests)).collect();
-        t.push("digests", cel::int_list(&digests));
-    }
     // The rule names, JSON-encoded, for the audit annotation.
     t.push(
         "names",
@@ -166,7 +220,7 @@ pub fn build(rules: &RuleSet, placeholders: &[String]) -> Tables {
         ),
     );
     // Per-rule allow and skip lists, keyed `index|repository`.
-    let mut allow_rules = Vec::new();
+    let mut allow_rules: Vec<i64> = Vec::new();
     let (mut allow_exact, mut allow_prefix, mut skip_exact, mut skip_prefix) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (i, r) in all.iter().enumerate() {
@@ -181,11 +235,7 @@ pub fn build(rules: &RuleSet, placeholders: &[String]) -> Tables {
     if !allow_rules.is_empty() {
         t.push(
             "allowRules",
-            cel::map(
-                allow_rules
-                    .iter()
-                    .map(|i| (i.to_string(), "true".to_string())),
-            ),
+            cel::string_set(allow_rules.iter().map(i64::to_string)),
         );
         for (name, mut keys) in [("allowExact", allow_exact), ("allowPrefix", allow_prefix)] {
             if !keys.is_empty() {
@@ -265,24 +315,33 @@ mod tests {
         .unwrap();
         let t = build(&config.rules, &["auto".into()]);
         let names: Vec<&str> = t.entries.iter().map(|(n, _)| *n).collect();
-        assert_eq!(
-            names,
-            [
-                "placeholders",
-                "mirrors",
-                "exact",
-                "kinds",
-                "targets",
-                "names"
-            ]
-        );
+        assert_eq!(names, ["placeholders", "mirrors", "exact", "names"]);
         let exact = &t.entries[2].1;
         assert_eq!(
             exact,
             &format!(
-                "{{\"quay.io\": [{}]}}",
-                rank(BucketKind::Exact, "quay.io") * RULE_SLOTS
+                "{{\"quay.io\": [[\"{}\", \"0\", \"quay.m.daocloud.io\", \"\", \"\", \"\", \"\", \"0\", \"0\"]]}}",
+                candidate(rank(BucketKind::Exact, "quay.io"), 0)
             )
+        );
+        assert_eq!(t.max_depth, 0);
+        let deep = Config::from_yaml(
+            "rules: [{source: gcr.io/a/b, kind: prefix, target: m.example/x}]",
+            "test",
+        )
+        .unwrap();
+        assert_eq!(build(&deep.rules, &[]).max_depth, 2);
+        assert_eq!(
+            candidate(rank(BucketKind::Any, "*"), 99_998)
+                .to_string()
+                .len(),
+            14
+        );
+        assert_eq!(
+            candidate(rank(BucketKind::Rename, "a/b"), 0)
+                .to_string()
+                .len(),
+            14
         );
     }
 }
