@@ -12,11 +12,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
-use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingAdmissionPolicyBinding, MutatingWebhookConfiguration,
+};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Namespace, Pod, PodSpec, PodTemplateSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelectorRequirement, ObjectMeta};
 use kube::api::{Api, ListParams};
 use kube::Client;
 use serde::de::DeserializeOwned;
@@ -279,9 +281,44 @@ async fn read_selection(
             );
         }
         Ok(None) => {
-            inv.selection_source = format!(
-                "no MutatingWebhookConfiguration {name}: modes as under the opt-in overlay"
-            );
+            // Native mode (`detour policy`): the policy binding selects the
+            // enforce namespaces the way the webhook's entry does.
+            let bindings: Api<MutatingAdmissionPolicyBinding> = Api::all(client.clone());
+            match bindings.get_opt(name).await {
+                Ok(Some(binding)) => {
+                    let expressions = binding
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.match_resources.as_ref())
+                        .and_then(|m| m.namespace_selector.as_ref())
+                        .and_then(|s| s.match_expressions.as_ref());
+                    inv.selection = selection_from(expressions.into_iter().flatten());
+                    inv.selection_source = format!(
+                        "MutatingAdmissionPolicyBinding {name} (native mode, {})",
+                        if inv.selection.cluster_wide {
+                            "cluster-wide"
+                        } else {
+                            "opt-in"
+                        }
+                    );
+                }
+                Ok(None) => {
+                    inv.selection_source = format!(
+                        "no MutatingWebhookConfiguration or MutatingAdmissionPolicyBinding {name}: modes as under the opt-in overlay"
+                    );
+                }
+                Err(e) => {
+                    partial_or_fail(
+                        &mut inv.partial,
+                        &format!("get mutatingadmissionpolicybinding {name}"),
+                        Scope::Cluster,
+                        e,
+                    )?;
+                    inv.selection_source = format!(
+                        "no MutatingWebhookConfiguration {name}, and MutatingAdmissionPolicyBinding {name} unreadable: modes as under the opt-in overlay"
+                    );
+                }
+            }
         }
         Err(e) => {
             partial_or_fail(
@@ -299,22 +336,30 @@ async fn read_selection(
 }
 
 fn selection_of(config: &MutatingWebhookConfiguration) -> Selection {
-    let mut selection = Selection::default();
     let Some(webhooks) = &config.webhooks else {
-        return selection;
+        return Selection::default();
     };
     let enforce = webhooks
         .iter()
         .find(|w| w.name.starts_with("enforce."))
         .or(webhooks.first());
     let Some(enforce) = enforce else {
-        return selection;
+        return Selection::default();
     };
     let expressions = enforce
         .namespace_selector
         .as_ref()
         .and_then(|s| s.match_expressions.as_ref());
-    for e in expressions.into_iter().flatten() {
+    selection_from(expressions.into_iter().flatten())
+}
+
+/// The modes an enforce namespace selector gives (a webhook entry's, or
+/// native mode's policy binding's).
+fn selection_from<'a>(
+    expressions: impl Iterator<Item = &'a LabelSelectorRequirement>,
+) -> Selection {
+    let mut selection = Selection::default();
+    for e in expressions {
         match (e.key.as_str(), e.operator.as_str()) {
             (MODE_LABEL, "NotIn") => selection.cluster_wide = true,
             (MODE_LABEL, _) => selection.cluster_wide = false,

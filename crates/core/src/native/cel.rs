@@ -54,18 +54,6 @@ where
     list(items.into_iter().map(|s| string(s.as_ref())))
 }
 
-/// `{"key": true, ...}`: a set of strings, for `in` (a hash lookup, where
-/// `in` over a list compares every element).
-pub fn string_set<I, S>(keys: I) -> String
-where
-    I: IntoIterator<Item = S>,
-    S: AsRef<str>,
-{
-    map(keys
-        .into_iter()
-        .map(|k| (string(k.as_ref()), "true".to_string())))
-}
-
 /// `{k: v, ...}` of already-written CEL expressions.
 pub fn map<I>(entries: I) -> String
 where
@@ -102,7 +90,6 @@ mod tests {
         assert_eq!(list(Vec::<String>::new()), "[]");
         assert_eq!(list(["1", "-2"]), "[1, -2]");
         assert_eq!(string_list(["a", "b"]), r#"["a", "b"]"#);
-        assert_eq!(string_set(["a"]), r#"{"a": true}"#);
         assert_eq!(map(Vec::new()), "{}");
     }
 }

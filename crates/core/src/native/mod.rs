@@ -108,7 +108,7 @@ pub fn compile(config: &Config, namespaces: Namespaces) -> Result<Vec<Value>, Na
     let mut variables: Vec<(String, String)> = tables
         .entries
         .iter()
-        .map(|(n, e)| (n.to_string(), e.clone()))
+        .map(|(n, e)| (n.clone(), e.clone()))
         .collect();
     variables.extend(
         program::variables(&tables, settings)

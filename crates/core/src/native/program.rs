@@ -92,11 +92,7 @@ pub fn variables(t: &Tables, settings: Settings) -> Vec<(&'static str, String)> 
 'state': {placeholder_check} ? 'placeholder' : \
 !e.image.matches(r'{grammar}') || (size(e.image) == 64 && e.image.matches(r'{HEX_IDENTIFIER}')) ? 'invalid' : 'valid'}})",
         grammar = grammar(),
-        placeholder_check = if t.has("placeholders") {
-            "e.image in variables.placeholders"
-        } else {
-            "false"
-        },
+        placeholder_check = t.contains("placeholders", "e.image"),
     );
     let split = "variables.parsed.map(p, p.state != 'valid' ? p : {'state': p.state, 'at': p.at, 'name': p.name, 'image': p.image, 'suffix': p.suffix, \
 'domain': p.first == '' || p.first == 'index.docker.io/' ? 'docker.io' : p.first.substring(0, size(p.first) - 1), \
@@ -120,8 +116,14 @@ pub fn variables(t: &Tables, settings: Settings) -> Vec<(&'static str, String)> 
         "lists.range(size(variables.decisions)).filter(n, variables.decisions[n] != '').map(n, \
 {{'at': variables.refs[n].at, 'name': variables.refs[n].name, 'from': variables.refs[n].image, \
 'to': variables.decisions[n].substring(15), \
-'rule': variables.names[{last} - int(variables.decisions[n].substring(9, 14))]}})",
-        last = RULE_SLOTS - 1,
+'rule': {name}}})",
+        name = t.index(
+            "names",
+            &format!(
+                "({} - int(variables.decisions[n].substring(9, 14)))",
+                RULE_SLOTS - 1
+            )
+        ),
     );
     vec![
         ("creating", "request.operation == 'CREATE'".to_string()),
@@ -174,9 +176,9 @@ struct View {
 /// only prefix is the host.
 fn any_prefix_in(t: &Tables, v: &View, table: &str) -> String {
     if t.max_depth == 0 {
-        format!("{} in variables.{table}", v.host)
+        t.contains(table, &v.host)
     } else {
-        format!("{}.exists(k, k in variables.{table})", v.prefixes)
+        format!("{}.exists(k, {})", v.prefixes, t.contains(table, "k"))
     }
 }
 
@@ -194,7 +196,7 @@ fn decide(t: &Tables) -> String {
         leave.push(any_prefix_in(t, &direct, "mirrors"));
     }
     if t.has("skipExact") {
-        leave.push("r.key in variables.skipExact".to_string());
+        leave.push(t.contains("skipExact", "r.key"));
     }
     if t.has("skipPrefix") {
         leave.push(any_prefix_in(t, &direct, "skipPrefix"));
@@ -214,19 +216,23 @@ fn decide(t: &Tables) -> String {
         };
         let aliased = winner(t, &alias);
         let lookup = if t.max_depth == 0 {
-            format!("(r.host in variables.aliases ? [r.host] : [])")
+            format!("({} ? [r.host] : [])", t.contains("aliases", "r.host"))
         } else {
-            "variables.prefixes[n].filter(p, p in variables.aliases)".to_string()
+            format!(
+                "variables.prefixes[n].filter(p, {})",
+                t.contains("aliases", "p")
+            )
         };
         format!(
             "(int(d.substring(0, 9)) >= {exact_rank} ? d : \
 [{lookup}].map(ah, size(ah) == 0 ? d : \
-[variables.aliases[ah[0]]].map(to, \
+[{alias_to}].map(to, \
 [{join_ap}].map(ap, \
 [to[0] == 'docker.io' && !ap.contains('/') ? 'library/' + ap : ap].map(arepo, \
 ap == '' || size(arepo) > 255 ? d : \
 [{prefixes}].map(aps, [{aliased}].map(a, a != '{NO_WINNER}' && a.substring(0, 9) > d.substring(0, 9) ? a : d)[0])[0])[0])[0])[0])[0])",
             exact_rank = EXACT_TIER_RANK,
+            alias_to = t.get("aliases", "ah[0]", "['', '']"),
             join_ap = join("to[1]", "(r.key == ah[0] ? '' : r.key.substring(size(ah[0]) + 1))"),
             prefixes = prefixes_of("to[0]", "arepo", t.max_depth),
         )
@@ -247,21 +253,17 @@ ap == '' || size(arepo) > 255 ? d : \
 fn candidates(t: &Tables, v: &View) -> String {
     let mut parts = Vec::new();
     if t.has("renames") {
-        parts.push(format!(
-            "({key} in variables.renames ? variables.renames[{key}] : [])",
-            key = v.key
-        ));
+        parts.push(format!("{}", t.get("renames", &v.key, "[]")));
     }
     if t.has("exact") {
         parts.push(if t.max_depth == 0 {
-            format!(
-                "({h} in variables.exact ? variables.exact[{h}] : [])",
-                h = v.host
-            )
+            t.get("exact", &v.host, "[]")
         } else {
             format!(
-                "{}.filter(p, p in variables.exact).map(p, variables.exact[p]).flatten()",
-                v.prefixes
+                "{}.filter(p, {}).map(p, {}).flatten()",
+                v.prefixes,
+                t.contains("exact", "p"),
+                t.get("exact", "p", "[]")
             )
         });
     }
@@ -271,7 +273,9 @@ fn candidates(t: &Tables, v: &View) -> String {
             "({h}.startsWith('[') ? [] : [{h}.split(':')].map(hp, [hp[0].split('.')].map(ls, \
 [size(hp) > 1 ? ':' + hp[1] : ''].map(port, \
 lists.range(size(ls) - 1).map(j, ls.slice(j + 1, size(ls)).join('.') + port).map(sh, \
-{sp}.filter(p, p in variables.subdomains).map(p, variables.subdomains[p]).flatten()).flatten())[0])[0])[0])",
+{sp}.filter(p, {sub_in}).map(p, {sub_get}).flatten()).flatten())[0])[0])[0])",
+            sub_in = t.contains("subdomains", "p"),
+            sub_get = t.get("subdomains", "p", "[]"),
             h = v.host,
             sp = prefixes_of("sh", &v.repo, t.max_depth),
         ));
@@ -307,29 +311,29 @@ fn outcome(t: &Tables, v: &View) -> String {
     if t.has("allowRules") {
         let mut inside = Vec::new();
         if t.has("allowExact") {
-            inside.push(format!("{index} + '|' + {} in variables.allowExact", v.key));
+            inside.push(t.contains("allowExact", &format!("{index} + '|' + {}", v.key)));
         }
         if t.has("allowPrefix") {
             inside.push(format!(
-                "{}.exists(p, {index} + '|' + p in variables.allowPrefix)",
-                v.prefixes
+                "{}.exists(p, {})",
+                v.prefixes,
+                t.contains("allowPrefix", &format!("{index} + '|' + p"))
             ));
         }
         lists.push(format!(
-            "({index} in variables.allowRules && !({}))",
+            "({} && !({}))",
+            t.contains("allowRules", &index),
             inside.join(" || ")
         ));
     }
     if t.has("ruleSkipExact") {
-        lists.push(format!(
-            "{index} + '|' + {} in variables.ruleSkipExact",
-            v.key
-        ));
+        lists.push(t.contains("ruleSkipExact", &format!("{index} + '|' + {}", v.key)));
     }
     if t.has("ruleSkipPrefix") {
         lists.push(format!(
-            "{}.exists(p, {index} + '|' + p in variables.ruleSkipPrefix)",
-            v.prefixes
+            "{}.exists(p, {})",
+            v.prefixes,
+            t.contains("ruleSkipPrefix", &format!("{index} + '|' + p"))
         ));
     }
     let kind = field(ENTRY_KIND);

@@ -50,9 +50,17 @@ pub fn rank(bucket: BucketKind, key: &str) -> i64 {
 /// The tables of one rule set, each a CEL expression, by variable name.
 /// Tables the rule set does not need are absent, and the program leaves
 /// out the steps that would read them.
+/// A table's literal is cut into variables of at most this many code
+/// points (the CEL parser takes 100,000 per expression).
+pub const CHUNK_CODE_POINTS: usize = 90_000;
+
 #[derive(Debug, Default)]
 pub struct Tables {
-    pub entries: Vec<(&'static str, String)>,
+    pub entries: Vec<(String, String)>,
+    /// How many variables each table was cut into (`name`, `name1`, ...).
+    chunks: Vec<(&'static str, usize)>,
+    /// For lists cut into variables: the index each variable starts at.
+    list_starts: Vec<(&'static str, Vec<usize>)>,
     /// The most path components of any key that is looked up by prefix
     /// (mirrors, exact hosts, subdomains, aliases, skip and allow
     /// prefixes): an image's prefixes deeper than this cannot match, so the
@@ -68,7 +76,121 @@ pub struct Tables {
 
 impl Tables {
     pub fn has(&self, name: &str) -> bool {
-        self.entries.iter().any(|(n, _)| *n == name)
+        self.chunks.iter().any(|(n, _)| *n == name)
+    }
+
+    fn variables(&self, name: &str) -> Vec<String> {
+        let count = self
+            .chunks
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or(0, |c| c.1);
+        (0..count)
+            .map(|i| {
+                if i == 0 {
+                    format!("variables.{name}")
+                } else {
+                    format!("variables.{name}{i}")
+                }
+            })
+            .collect()
+    }
+
+    /// `key in table`, over every variable of the table.
+    pub fn contains(&self, name: &str, key: &str) -> String {
+        let parts: Vec<String> = self
+            .variables(name)
+            .iter()
+            .map(|v| format!("{key} in {v}"))
+            .collect();
+        if parts.is_empty() {
+            "false".into()
+        } else {
+            format!("({})", parts.join(" || "))
+        }
+    }
+
+    /// `table[key]`, or `absent` when no variable of the table has the key.
+    pub fn get(&self, name: &str, key: &str, absent: &str) -> String {
+        let mut out = String::from("(");
+        for v in self.variables(name) {
+            out.push_str(&format!("{key} in {v} ? {v}[{key}] : "));
+        }
+        out.push_str(absent);
+        out.push(')');
+        out
+    }
+
+    /// `list[index]` of a list cut into variables.
+    pub fn index(&self, name: &str, index: &str) -> String {
+        let starts = self
+            .list_starts
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, s)| s.clone())
+            .unwrap_or_default();
+        let vars = self.variables(name);
+        let mut out = String::from("(");
+        // From the last variable down: the first whose start is <= index.
+        for i in (1..vars.len()).rev() {
+            out.push_str(&format!(
+                "{index} >= {start} ? {v}[{index} - {start}] : ",
+                start = starts[i],
+                v = vars[i]
+            ));
+        }
+        out.push_str(&format!(
+            "{}[{index}])",
+            vars.first().cloned().unwrap_or_default()
+        ));
+        out
+    }
+
+    /// A map literal, cut into variables of at most [`CHUNK_CODE_POINTS`].
+    fn push_map(&mut self, name: &'static str, entries: Vec<(String, String)>) {
+        let mut chunks: Vec<Vec<(String, String)>> = vec![Vec::new()];
+        let mut size = 0;
+        for (k, v) in entries {
+            let len = k.chars().count() + v.chars().count() + 4;
+            if size + len > CHUNK_CODE_POINTS && !chunks.last().is_some_and(Vec::is_empty) {
+                chunks.push(Vec::new());
+                size = 0;
+            }
+            size += len;
+            chunks.last_mut().map(|c| c.push((k, v)));
+        }
+        self.push_chunks(name, chunks.into_iter().map(cel::map).collect());
+    }
+
+    /// A list literal, cut likewise; [`Tables::index`] reads it.
+    fn push_list(&mut self, name: &'static str, items: Vec<String>) {
+        let mut chunks: Vec<Vec<String>> = vec![Vec::new()];
+        let mut starts = vec![0];
+        let mut size = 0;
+        for (i, item) in items.into_iter().enumerate() {
+            let len = item.chars().count() + 2;
+            if size + len > CHUNK_CODE_POINTS && !chunks.last().is_some_and(Vec::is_empty) {
+                chunks.push(Vec::new());
+                starts.push(i);
+                size = 0;
+            }
+            size += len;
+            chunks.last_mut().map(|c| c.push(item));
+        }
+        self.list_starts.push((name, starts));
+        self.push_chunks(name, chunks.into_iter().map(cel::list).collect());
+    }
+
+    fn push_chunks(&mut self, name: &'static str, literals: Vec<String>) {
+        self.chunks.push((name, literals.len()));
+        for (i, literal) in literals.into_iter().enumerate() {
+            let var = if i == 0 {
+                name.to_string()
+            } else {
+                format!("{name}{i}")
+            };
+            self.entries.push((var, literal));
+        }
     }
 
     fn deepen<'k>(&mut self, keys: impl IntoIterator<Item = &'k str>) {
@@ -79,7 +201,19 @@ impl Tables {
     }
 
     fn push(&mut self, name: &'static str, expression: String) {
-        self.entries.push((name, expression));
+        self.push_chunks(name, vec![expression]);
+    }
+
+    fn push_set<I, S>(&mut self, name: &'static str, keys: I)
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let entries = keys
+            .into_iter()
+            .map(|k| (cel::string(k.as_ref()), "true".to_string()))
+            .collect();
+        self.push_map(name, entries);
     }
 }
 
@@ -121,20 +255,23 @@ pub const ENTRY_TOKEN: usize = 6;
 pub const ENTRY_DIGESTS: usize = 7;
 pub const ENTRY_INDEX: usize = 8;
 
-/// `{key: [entry, ...]}`, each bucket in the order the engine tries it.
-fn write_bucket_map(
+/// `{key: [entry, ...]}` entries, each bucket in the order the engine tries it.
+fn bucket_entries(
     rules: &[Rule],
     buckets: &foldhash::HashMap<String, Vec<usize>>,
     kind: BucketKind,
-) -> String {
+) -> Vec<(String, String)> {
     let sorted: BTreeMap<&String, &Vec<usize>> = buckets.iter().collect();
-    cel::map(sorted.into_iter().map(|(key, ids)| {
-        let r = rank(kind, key);
-        (
-            cel::string(key),
-            cel::list(ids.iter().map(|&id| entry(rules, r, id))),
-        )
-    }))
+    sorted
+        .into_iter()
+        .map(|(key, ids)| {
+            let r = rank(kind, key);
+            (
+                cel::string(key),
+                cel::list(ids.iter().map(|&id| entry(rules, r, id))),
+            )
+        })
+        .collect()
 }
 
 /// Builds the tables; `names` are the rule names as JSON strings (for the
@@ -143,7 +280,7 @@ pub fn build(rules: &RuleSet, placeholders: &[String]) -> Tables {
     let index = rules.index();
     let mut t = Tables::default();
     if !placeholders.is_empty() {
-        t.push("placeholders", cel::string_set(placeholders));
+        t.push_set("placeholders", placeholders);
     }
     t.deepen(index.mirrors.iter().map(String::as_str));
     t.deepen(index.exact.keys().map(String::as_str));
@@ -157,7 +294,7 @@ pub fn build(rules: &RuleSet, placeholders: &[String]) -> Tables {
     if !index.mirrors.is_empty() {
         let mut mirrors: Vec<&str> = index.mirrors.iter().map(String::as_str).collect();
         mirrors.sort_unstable();
-        t.push("mirrors", cel::string_set(mirrors));
+        t.push_set("mirrors", mirrors);
     }
     let skip = rules.skip();
     let mut skip_exact: Vec<&str> = skip.exact_keys().collect();
@@ -165,10 +302,10 @@ pub fn build(rules: &RuleSet, placeholders: &[String]) -> Tables {
     skip_exact.sort_unstable();
     skip_prefix.sort_unstable();
     if !skip_exact.is_empty() {
-        t.push("skipExact", cel::string_set(skip_exact));
+        t.push_set("skipExact", skip_exact);
     }
     if !skip_prefix.is_empty() {
-        t.push("skipPrefix", cel::string_set(skip_prefix));
+        t.push_set("skipPrefix", skip_prefix);
     }
     let all = rules.rules();
     for (name, buckets, kind) in [
@@ -177,7 +314,7 @@ pub fn build(rules: &RuleSet, placeholders: &[String]) -> Tables {
         ("subdomains", index.subdomains, BucketKind::Subdomain),
     ] {
         if !buckets.is_empty() {
-            t.push(name, write_bucket_map(all, buckets, kind));
+            t.push_map(name, bucket_entries(all, buckets, kind));
         }
     }
     if !index.any.is_empty() {
@@ -203,21 +340,25 @@ pub fn build(rules: &RuleSet, placeholders: &[String]) -> Tables {
             .map(|(k, &i)| (k.as_str(), i))
             .collect();
         let list = rules.aliases();
-        t.push(
+        t.push_map(
             "aliases",
-            cel::map(aliases.into_iter().map(|(k, i)| {
-                let to = &list[i].to;
-                (cel::string(k), cel::string_list([&to.domain, &to.path]))
-            })),
+            aliases
+                .into_iter()
+                .map(|(k, i)| {
+                    let to = &list[i].to;
+                    (cel::string(k), cel::string_list([&to.domain, &to.path]))
+                })
+                .collect(),
         );
     }
     // The rule names, JSON-encoded, for the audit annotation.
-    t.push(
+    t.push_list(
         "names",
-        cel::string_list(
-            all.iter()
-                .map(|r| serde_json::to_string(&r.name).unwrap_or_else(|_| "\"\"".to_string())),
-        ),
+        all.iter()
+            .map(|r| {
+                cel::string(&serde_json::to_string(&r.name).unwrap_or_else(|_| "\"\"".to_string()))
+            })
+            .collect(),
     );
     // Per-rule allow and skip lists, keyed `index|repository`.
     let mut allow_rules: Vec<i64> = Vec::new();
@@ -233,14 +374,11 @@ pub fn build(rules: &RuleSet, placeholders: &[String]) -> Tables {
         skip_prefix.extend(r.skip.prefix_keys().map(|k| format!("{i}|{k}")));
     }
     if !allow_rules.is_empty() {
-        t.push(
-            "allowRules",
-            cel::string_set(allow_rules.iter().map(i64::to_string)),
-        );
+        t.push_set("allowRules", allow_rules.iter().map(i64::to_string));
         for (name, mut keys) in [("allowExact", allow_exact), ("allowPrefix", allow_prefix)] {
             if !keys.is_empty() {
                 keys.sort_unstable();
-                t.push(name, cel::string_set(keys));
+                t.push_set(name, keys);
             }
         }
     }
@@ -250,7 +388,7 @@ pub fn build(rules: &RuleSet, placeholders: &[String]) -> Tables {
     ] {
         if !keys.is_empty() {
             keys.sort_unstable();
-            t.push(name, cel::string_set(keys));
+            t.push_set(name, keys);
         }
     }
     t
