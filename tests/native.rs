@@ -367,7 +367,7 @@ fn predicted(config: &Config, image: &str) -> Option<String> {
 }
 
 /// The images of `pod` in container order, and its original-images record.
-fn stored(pod: &Value) -> (Vec<String>, Option<String>) {
+fn stored_images(pod: &Value) -> (Vec<String>, Option<String>) {
     let mut images = Vec::new();
     for list in ["containers", "initContainers"] {
         for c in pod["spec"][list].as_array().into_iter().flatten() {
@@ -445,8 +445,8 @@ fn native_policy_stores_what_the_webhook_stores_and_explain_predicts() {
             if !inits.is_empty() {
                 body["spec"]["initContainers"] = json!(inits);
             }
-            let native = stored(&create(cp, "diff-native", &body, false));
-            let hook = stored(&create(cp, "diff-hook", &body, false));
+            let native = stored_images(&create(cp, "diff-native", &body, false));
+            let hook = stored_images(&create(cp, "diff-hook", &body, false));
             let names: Vec<String> = (0..split)
                 .map(|i| format!("c{i}"))
                 .chain((0..chunk.len() - split).map(|i| format!("i{i}")))
@@ -498,8 +498,9 @@ fn native_mode_honours_namespaces_labels_and_pull_policy() {
     let _turn = serial();
     let cp = control_plane();
     delete_policies(cp);
-    let out = detour(&["policy"]);
-    cp.apply(&String::from_utf8(out.stdout).unwrap());
+    // As the README installs it: the shipped overlay, server-side apply.
+    let overlay = Path::new(REPO).join("manifests/overlays/native");
+    cp.kubectl_ok(&["apply", "--server-side", "-k", overlay.to_str().unwrap()]);
     cp.namespace("nat-enforce", &[("detour.dev/mode", "enforce")]);
     cp.namespace("nat-audit", &[("detour.dev/mode", "audit")]);
     cp.namespace("nat-off", &[("detour.dev/mode", "off")]);
@@ -698,4 +699,171 @@ fn rules_a_policy_cannot_carry_are_refused() {
         "{stderr}"
     );
     assert!(out.stdout.is_empty());
+}
+
+/// The shipped overlay is what `detour policy` prints for the embedded
+/// default (regenerate it with the command in its kustomization.yaml).
+#[test]
+fn the_native_overlay_is_the_policy_of_the_embedded_default() {
+    let printed = detour(&["policy"]).stdout;
+    let shipped =
+        std::fs::read(Path::new(REPO).join("manifests/overlays/native/policy.yaml")).unwrap();
+    assert!(
+        printed == shipped,
+        "manifests/overlays/native/policy.yaml is stale: run `detour policy > manifests/overlays/native/policy.yaml`"
+    );
+}
+
+/// `detour audit` reads native mode's binding for the namespace modes.
+#[test]
+fn audit_reads_the_modes_of_native_mode() {
+    let _turn = serial();
+    let cp = control_plane();
+    delete_policies(cp);
+    let out = detour(&["policy", "--namespaces", "cluster-wide"]);
+    let applied = cp.kubectl_with_input(
+        &["apply", "--server-side", "-f", "-"],
+        Some(&String::from_utf8(out.stdout).unwrap()),
+    );
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    cp.kubectl_ok(&["get", "mutatingadmissionpolicybinding", "detour"]);
+    cp.namespace("nat-audited-plain", &[]);
+    cp.namespace("nat-audited-off", &[("detour.dev/mode", "off")]);
+    let out = std::process::Command::new(BIN)
+        .args(["audit", "-o", "json", "--no-progress"])
+        .env("KUBECONFIG", &cp.kubeconfig)
+        .env_remove("DETOUR_CONFIG")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        report["modesFrom"],
+        "MutatingAdmissionPolicyBinding detour (native mode, cluster-wide)"
+    );
+    assert_eq!(report["namespaces"]["nat-audited-plain"], "enforce");
+    assert_eq!(report["namespaces"]["nat-audited-off"], "off");
+    assert_eq!(report["namespaces"]["kube-system"], "excluded");
+    delete_policies(cp);
+}
+
+/// The apiserver's limits, measured: every shipped preset at once and a
+/// config of 1,000 rules of every transform kind are accepted and rewrite a
+/// 60-container Pod; the largest config `detour policy` compiles (7,400
+/// such rules, 1.35 MB per policy) is accepted too, and one past etcd's
+/// object size is refused by `detour policy` with the numbers.
+#[test]
+fn large_configs_are_accepted_and_rewrite_a_60_container_pod() {
+    let _turn = serial();
+    let cp = control_plane();
+    delete_policies(cp);
+    cp.namespace("nat-large", &[("detour.dev/mode", "enforce")]);
+    let dir = tempfile::tempdir().unwrap();
+    let generated = |n: usize| {
+        let kinds = ["host", "prefix", "full-reference", "flatten", "join"];
+        let mut yaml = String::from("rules:\n");
+        for i in 0..n {
+            let source = if i % 3 == 0 {
+                format!("registry-{i}.example.com/team")
+            } else {
+                format!("registry-{i}.example.com")
+            };
+            let kind = kinds[i % 5];
+            let target = match kind {
+                "host" => format!("mirror-{i}.example.com"),
+                "join" => "mirror.example.com/joined".to_string(),
+                _ => format!("mirror.example.com/r{i}"),
+            };
+            let token = if kind == "join" {
+                format!(", token: r{i}")
+            } else {
+                String::new()
+            };
+            yaml.push_str(&format!(
+                "  - {{source: {source}, kind: {kind}, target: {target}{token}}}\n"
+            ));
+        }
+        yaml
+    };
+    let all_presets = preset_configs().pop().unwrap();
+    for (name, text, rules) in [
+        ("presets", all_presets, 0),
+        ("rules-1000", generated(1000), 1000),
+        ("rules-7400", generated(7400), 7400),
+    ] {
+        let file = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(&file, &text).unwrap();
+        let config = Config::load(&file).unwrap();
+        let objects = policy(Some(&file), &[]);
+        let list = json!({"apiVersion": "v1", "kind": "List", "items": objects});
+        let out = cp.kubectl_with_input(
+            &["apply", "--server-side", "-f", "-"],
+            Some(&list.to_string()),
+        );
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let images: Vec<String> = (0..PER_POD)
+            .map(|i| match rules {
+                0 => [
+                    "registry.k8s.io/pause:3.9",
+                    "quay.io/coreos/etcd:v3.5",
+                    "gcr.io/google-samples/app:1",
+                    "nginx:1.25",
+                    "k8s.gcr.io/coredns:1.6.2",
+                    "ghcr.io/org/app:2",
+                ][i % 6]
+                    .to_string(),
+                n => format!("registry-{}.example.com/team/app-{i}:1", (i * 37) % n),
+            })
+            .collect();
+        let containers: Vec<Value> = images
+            .iter()
+            .enumerate()
+            .map(|(i, image)| json!({"name": format!("c{i}"), "image": image}))
+            .collect();
+        let expected: Vec<String> = images
+            .iter()
+            .map(|i| predicted(&config, i).unwrap_or_else(|| i.clone()))
+            .collect();
+        assert!(
+            expected.iter().zip(&images).filter(|(e, i)| e != i).count() >= 40,
+            "{name}: the Pod exercises rewrites"
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let stored = create(cp, "nat-large", &pod("large", json!(containers)), false);
+            let (got, _) = stored_images(&stored);
+            if got == expected {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{name}: stored {got:?}");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+    // Past etcd's object limit: refused before anything is applied.
+    let file = dir.path().join("rules-8000.yaml");
+    std::fs::write(&file, generated(8000)).unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["policy", "--config", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("8000 rules") && stderr.contains("1572864"),
+        "{stderr}"
+    );
+    delete_policies(cp);
 }

@@ -253,7 +253,7 @@ ap == '' || size(arepo) > 255 ? d : \
 fn candidates(t: &Tables, v: &View) -> String {
     let mut parts = Vec::new();
     if t.has("renames") {
-        parts.push(format!("{}", t.get("renames", &v.key, "[]")));
+        parts.push(t.get("renames", &v.key, "[]"));
     }
     if t.has("exact") {
         parts.push(if t.max_depth == 0 {

@@ -157,7 +157,9 @@ impl Tables {
                 size = 0;
             }
             size += len;
-            chunks.last_mut().map(|c| c.push((k, v)));
+            if let Some(chunk) = chunks.last_mut() {
+                chunk.push((k, v));
+            }
         }
         self.push_chunks(name, chunks.into_iter().map(cel::map).collect());
     }
@@ -175,7 +177,9 @@ impl Tables {
                 size = 0;
             }
             size += len;
-            chunks.last_mut().map(|c| c.push(item));
+            if let Some(chunk) = chunks.last_mut() {
+                chunk.push(item);
+            }
         }
         self.list_starts.push((name, starts));
         self.push_chunks(name, chunks.into_iter().map(cel::list).collect());
@@ -452,7 +456,7 @@ mod tests {
         )
         .unwrap();
         let t = build(&config.rules, &["auto".into()]);
-        let names: Vec<&str> = t.entries.iter().map(|(n, _)| *n).collect();
+        let names: Vec<&str> = t.entries.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["placeholders", "mirrors", "exact", "names"]);
         let exact = &t.entries[2].1;
         assert_eq!(
@@ -480,6 +484,52 @@ mod tests {
                 .to_string()
                 .len(),
             14
+        );
+    }
+
+    #[test]
+    fn large_tables_are_cut_under_the_parser_limit_and_read_across_cuts() {
+        let mut yaml = String::from("rules:\n");
+        for i in 0..3000 {
+            yaml.push_str(&format!(
+                "  - {{source: registry-{i}.example.com, kind: host, target: mirror-{i}.example.com}}\n"
+            ));
+        }
+        let config = Config::from_yaml(&yaml, "test").unwrap();
+        let t = build(&config.rules, &[]);
+        let exact: Vec<&(String, String)> = t
+            .entries
+            .iter()
+            .filter(|(n, _)| n.starts_with("exact"))
+            .collect();
+        assert!(exact.len() > 1, "3,000 rules need more than one variable");
+        assert!(exact
+            .iter()
+            .all(|(_, e)| e.chars().count() <= CHUNK_CODE_POINTS + 1000));
+        assert_eq!(
+            t.contains("exact", "k"),
+            format!(
+                "({})",
+                (0..exact.len())
+                    .map(|i| if i == 0 {
+                        "k in variables.exact".to_string()
+                    } else {
+                        format!("k in variables.exact{i}")
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" || ")
+            )
+        );
+        let names: Vec<&(String, String)> = t
+            .entries
+            .iter()
+            .filter(|(n, _)| n.starts_with("names"))
+            .collect();
+        let index = t.index("names", "i");
+        assert!(index.ends_with("variables.names[i])"), "{index}");
+        assert_eq!(
+            index.matches("variables.names").count(),
+            names.len()
         );
     }
 }

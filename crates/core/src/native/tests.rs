@@ -74,20 +74,22 @@ fn rules_that_need_io_are_refused_by_name() {
 }
 
 #[test]
-fn an_expression_past_the_parser_limit_is_refused_with_numbers() {
+fn a_policy_past_etcds_object_limit_is_refused_with_numbers() {
     let mut yaml = String::from("rules:\n");
-    for i in 0..4000 {
+    for i in 0..8000 {
         yaml.push_str(&format!(
             "  - {{source: registry-{i}.example.com/some/long/path, kind: prefix, target: mirror.example.com/registry-{i}}}\n"
         ));
     }
-    let err = compile(&config(&yaml), Namespaces::OptIn).unwrap_err();
+    let Err(err) = compile(&config(&yaml), Namespaces::OptIn) else {
+        panic!("8,000 rules compiled into objects etcd refuses");
+    };
     let text = err.to_string();
     assert!(
-        matches!(err, NativeError::ExpressionTooLarge { count: 4000, .. }),
+        matches!(err, NativeError::ObjectTooLarge { count: 8000, .. }),
         "{text}"
     );
-    assert!(text.contains("100000"), "{text}");
+    assert!(text.contains("1572864"), "{text}");
 }
 
 #[test]
