@@ -547,11 +547,20 @@ fn native_mode_honours_namespaces_labels_and_pull_policy() {
         "m.daocloud.io/k8s.gcr.io/pause:3.2"
     );
     // Audit: nothing changes, kubectl prints the warning.
-    let (audited, stderr) = create_with_stderr(
-        cp,
-        "nat-audit",
-        &pod("audited", json!([{"name": "app", "image": PAUSE}])),
-    );
+    // The validating binding reaches the apiserver's informers on its own
+    // schedule: until then a probe gets no warning.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (audited, stderr) = loop {
+        let (audited, stderr) = create_with_stderr(
+            cp,
+            "nat-audit",
+            &pod("audited", json!([{"name": "app", "image": PAUSE}])),
+        );
+        if stderr.contains("detour") || Instant::now() > deadline {
+            break (audited, stderr);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     assert_eq!(audited["spec"]["containers"][0]["image"], PAUSE);
     assert!(
         stderr.contains(&format!(

@@ -12,12 +12,25 @@ use serde_json::json;
 use super::CommandError;
 use crate::cli::{NamespaceScope, PolicyArgs, PolicyFormat};
 
+/// The apiserver's limit on all annotations of an object together, which
+/// client-side `kubectl apply` fills with the whole object.
+const CLIENT_SIDE_APPLY_BYTES: usize = 262_144;
+
 pub fn run(config: &Config, args: &PolicyArgs, out: &mut dyn Write) -> Result<i32, CommandError> {
     let namespaces = match args.namespaces {
         NamespaceScope::OptIn => Namespaces::OptIn,
         NamespaceScope::ClusterWide => Namespaces::ClusterWide,
     };
     let objects = native::compile(config, namespaces)?;
+    for object in &objects {
+        let size = object.to_string().len();
+        if size > CLIENT_SIDE_APPLY_BYTES {
+            eprintln!(
+                "detour: the {} is {size} bytes, more than client-side `kubectl apply` can record in its last-applied-configuration annotation ({CLIENT_SIDE_APPLY_BYTES}): apply with `kubectl apply --server-side`",
+                object["kind"].as_str().unwrap_or("object")
+            );
+        }
+    }
     let io = |e| CommandError::Io("stdout".into(), e);
     match args.output {
         PolicyFormat::Json => {

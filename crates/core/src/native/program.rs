@@ -82,39 +82,26 @@ pub fn variables(t: &Tables, settings: Settings) -> Vec<(&'static str, String)> 
         entry("initContainers"),
         entry("ephemeralContainers"),
     );
-    // The first component with its '/', when the parser reads it as the
-    // registry host (it has a '.' or a ':', is localhost, or has
-    // uppercase), and what follows the path (`:tag@digest`: for a valid
-    // reference, from the first ':' or '@' that no '/' follows).
-    let parsed = format!(
-        "variables.containers.map(e, {{'at': e.at, 'name': e.name, 'image': e.image, \
-'first': e.image.find(r'^(?:[^/]*[.:A-Z][^/]*|localhost)/'), 'suffix': e.image.find(r'[:@][^/]*$'), \
-'state': {placeholder_check} ? 'placeholder' : \
-!e.image.matches(r'{grammar}') || (size(e.image) == 64 && e.image.matches(r'{HEX_IDENTIFIER}')) ? 'invalid' : 'valid'}})",
-        grammar = grammar(),
-        placeholder_check = t.contains("placeholders", "e.image"),
-    );
-    let split = "variables.parsed.map(p, p.state != 'valid' ? p : {'state': p.state, 'at': p.at, 'name': p.name, 'image': p.image, 'suffix': p.suffix, \
-'domain': p.first == '' || p.first == 'index.docker.io/' ? 'docker.io' : p.first.substring(0, size(p.first) - 1), \
-'path': p.image.substring(size(p.first), size(p.image) - size(p.suffix))})".to_string();
-    // Normalised: the host (lowercase), the repository with `library/`,
-    // and the key `host/repo`.
-    let repo = "(s.domain == 'docker.io' && !s.path.contains('/') ? 'library/' + s.path : s.path)";
-    let refs = format!(
-        "variables.split.map(s, s.state != 'valid' ? {{'state': s.state, 'at': s.at, 'name': s.name, 'image': s.image}} : \
-{{'state': size({repo}) > 255 ? 'invalid' : 'valid', 'at': s.at, 'name': s.name, 'image': s.image, \
-'domain': s.domain, 'host': s.domain.lowerAscii(), 'repo': {repo}, 'key': s.domain.lowerAscii() + '/' + {repo}, 'suffix': s.suffix}})"
-    );
-    let prefixes = format!(
-        "variables.refs.map(r, r.state != 'valid' ? [] : {})",
-        prefixes_of("r.host", "r.repo", t.max_depth)
-    );
     let decide = decide(t);
-    let decisions =
-        format!("variables.refs.transformList(n, r, r.state != 'valid' ? '' : {decide})");
+    // Per image, in one pass (each step a `let`): leave placeholders and
+    // what the grammar refuses; the first component with its '/' when the
+    // parser reads it as the registry host (it has a '.' or a ':', is
+    // localhost, or has uppercase); what follows the path (`:tag@digest`:
+    // for a valid reference, from the first ':' or '@' that no '/'
+    // follows); the path; the domain; the repository with `library/`.
+    let decisions = format!(
+        "variables.containers.map(e, {refused} ? '' : \
+[e.image.find(r'^(?:[^/]*[.:A-Z][^/]*|localhost)/')].map(f, \
+[e.image.find(r'[:@][^/]*$')].map(sx, \
+[e.image.substring(size(f), size(e.image) - size(sx))].map(path, \
+[f == '' || f == 'index.docker.io/' ? 'docker.io' : f.substring(0, size(f) - 1)].map(dom, \
+[dom == 'docker.io' && !path.contains('/') ? 'library/' + path : path].map(repo, \
+size(repo) > 255 ? '' : {decide})[0])[0])[0])[0])[0])",
+        refused = refused(t),
+    );
     let changes = format!(
         "lists.range(size(variables.decisions)).filter(n, variables.decisions[n] != '').map(n, \
-{{'at': variables.refs[n].at, 'name': variables.refs[n].name, 'from': variables.refs[n].image, \
+{{'at': variables.containers[n].at, 'name': variables.containers[n].name, 'from': variables.containers[n].image, \
 'to': variables.decisions[n].substring(15), \
 'rule': {name}}})",
         name = t.index(
@@ -132,13 +119,20 @@ pub fn variables(t: &Tables, settings: Settings) -> Vec<(&'static str, String)> 
             "variables.creating || !has(oldObject.spec.ephemeralContainers) ? [] : oldObject.spec.ephemeralContainers.map(c, c.name)".to_string(),
         ),
         ("containers", containers),
-        ("parsed", parsed),
-        ("split", split),
-        ("refs", refs),
-        ("prefixes", prefixes),
         ("decisions", decisions),
         ("changes", changes),
     ]
+}
+
+/// Is container entry `e`'s image one the engine leaves before any rule: a
+/// placeholder, or not a reference under the grammar (one expression; 64
+/// hex digits are refused as an image ID).
+fn refused(t: &Tables) -> String {
+    format!(
+        "{} || !e.image.matches(r'{}') || (size(e.image) == 64 && e.image.matches(r'{HEX_IDENTIFIER}'))",
+        t.contains("placeholders", "e.image"),
+        grammar()
+    )
 }
 
 /// The prefixes of `host/repo` at component boundaries that are at most
@@ -186,17 +180,17 @@ fn any_prefix_in(t: &Tables, v: &View, table: &str) -> String {
 /// '' when the image stays as written.
 fn decide(t: &Tables) -> String {
     let direct = View {
-        host: "r.host".into(),
-        repo: "r.repo".into(),
-        key: "r.key".into(),
-        prefixes: "variables.prefixes[n]".into(),
+        host: "dom.lowerAscii()".into(),
+        repo: "repo".into(),
+        key: "(dom.lowerAscii() + '/' + repo)".into(),
+        prefixes: "ps".into(),
     };
     let mut leave = Vec::new();
     if t.has("mirrors") {
         leave.push(any_prefix_in(t, &direct, "mirrors"));
     }
     if t.has("skipExact") {
-        leave.push(t.contains("skipExact", "r.key"));
+        leave.push(t.contains("skipExact", &direct.key));
     }
     if t.has("skipPrefix") {
         leave.push(any_prefix_in(t, &direct, "skipPrefix"));
@@ -216,12 +210,13 @@ fn decide(t: &Tables) -> String {
         };
         let aliased = winner(t, &alias);
         let lookup = if t.max_depth == 0 {
-            format!("({} ? [r.host] : [])", t.contains("aliases", "r.host"))
-        } else {
             format!(
-                "variables.prefixes[n].filter(p, {})",
-                t.contains("aliases", "p")
+                "({} ? [{h}] : [])",
+                t.contains("aliases", &direct.host),
+                h = direct.host
             )
+        } else {
+            format!("ps.filter(p, {})", t.contains("aliases", "p"))
         };
         format!(
             "(int(d.substring(0, 9)) >= {exact_rank} ? d : \
@@ -233,18 +228,32 @@ ap == '' || size(arepo) > 255 ? d : \
 [{prefixes}].map(aps, [{aliased}].map(a, a != '{NO_WINNER}' && a.substring(0, 9) > d.substring(0, 9) ? a : d)[0])[0])[0])[0])[0])[0])",
             exact_rank = EXACT_TIER_RANK,
             alias_to = t.get("aliases", "ah[0]", "['', '']"),
-            join_ap = join("to[1]", "(r.key == ah[0] ? '' : r.key.substring(size(ah[0]) + 1))"),
+            join_ap = join(
+                "to[1]",
+                &format!(
+                    "({k} == ah[0] ? '' : {k}.substring(size(ah[0]) + 1))",
+                    k = direct.key
+                )
+            ),
             prefixes = prefixes_of("to[0]", "arepo", t.max_depth),
         )
     } else {
         "d".to_string()
     };
-    let settle = "w == '{NO_WINNER}' || w.substring(15) == 'K' || w.substring(15) == r.domain + '/' + r.repo + r.suffix ? '' : w"
+    let settle = "w == '{NO_WINNER}' || w.substring(15) == 'K' || w.substring(15) == dom + '/' + repo + sx ? '' : w"
         .replace("{NO_WINNER}", NO_WINNER);
-    if t.has("aliases") {
+    let body = if t.has("aliases") {
         format!("{leave} ? '' : [{direct_winner}].map(d, [{chosen}].map(w, {settle})[0])[0]")
     } else {
         format!("{leave} ? '' : [{direct_winner}].map(w, {settle})[0]")
+    };
+    if t.max_depth == 0 {
+        body
+    } else {
+        format!(
+            "[{}].map(ps, {body})[0]",
+            prefixes_of(&direct.host, &direct.repo, t.max_depth)
+        )
     }
 }
 
@@ -341,14 +350,14 @@ fn outcome(t: &Tables, v: &View) -> String {
     let (digest_decline, kept_suffix) = if t.digest_policies {
         (
             format!(
-                "({digests} == '{DIGESTS_SKIP}' && r.suffix.contains('@')) || \
-({digests} == '{DIGESTS_DROP}' && r.suffix.startsWith('@')) || \
-({digests} == '{DIGESTS_REQUIRE}' && !r.suffix.contains('@'))"
+                "({digests} == '{DIGESTS_SKIP}' && sx.contains('@')) || \
+({digests} == '{DIGESTS_DROP}' && sx.startsWith('@')) || \
+({digests} == '{DIGESTS_REQUIRE}' && !sx.contains('@'))"
             ),
-            format!("({digests} == '{DIGESTS_DROP}' ? r.suffix.split('@')[0] : r.suffix)"),
+            format!("({digests} == '{DIGESTS_DROP}' ? sx.split('@')[0] : sx)"),
         )
     } else {
-        (String::new(), "r.suffix".to_string())
+        (String::new(), "sx".to_string())
     };
     let (path, slashed) = (field(ENTRY_PATH), field(ENTRY_PATH_SLASH));
     let source_path = field(ENTRY_SOURCE_PATH);
@@ -457,8 +466,22 @@ pub fn would_rewrite_annotation() -> &'static str {
 }
 
 /// Containers whose image is not a reference (the webhook warns of them).
-pub fn invalid_expression() -> String {
-    "variables.refs.filter(r, r.state == 'invalid')".to_string()
+///
+/// Read from the grammar check alone unless an image is long enough that
+/// its normalised name could pass the 255-character limit (`library/` adds
+/// 8), so that in enforce namespaces, where the validating policy runs after
+/// the mutation, it costs one regular expression per image.
+pub fn invalid_expression(t: &Tables) -> String {
+    // A name past 255 characters (with `library/`) needs an image of more
+    // than 247: only those pay for the normalisation.
+    format!(
+        "variables.containers.filter(e, !({placeholder}) && (!e.image.matches(r'{grammar}') || (size(e.image) == 64 && e.image.matches(r'{HEX_IDENTIFIER}')) || \
+(size(e.image) > 247 && [e.image.find(r'^(?:[^/]*[.:A-Z][^/]*|localhost)/')].map(f, [e.image.find(r'[:@][^/]*$')].map(sx, \
+[e.image.substring(size(f), size(e.image) - size(sx))].map(path, \
+(f == '' || f == 'index.docker.io/') && !path.contains('/') ? size(path) + 8 > 255 : size(path) > 255)[0])[0])[0])))",
+        placeholder = t.contains("placeholders", "e.image"),
+        grammar = grammar(),
+    )
 }
 
 pub fn invalid_message() -> &'static str {

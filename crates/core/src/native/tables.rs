@@ -527,9 +527,6 @@ mod tests {
             .collect();
         let index = t.index("names", "i");
         assert!(index.ends_with("variables.names[i])"), "{index}");
-        assert_eq!(
-            index.matches("variables.names").count(),
-            names.len()
-        );
+        assert_eq!(index.matches("variables.names").count(), names.len());
     }
 }
