@@ -83,21 +83,21 @@ pub fn variables(t: &Tables, settings: Settings) -> Vec<(&'static str, String)> 
         entry("ephemeralContainers"),
     );
     let decide = decide(t);
-    // Per image, in one pass (each step a `let`): leave placeholders and
-    // what the grammar refuses; the first component with its '/' when the
+    // Per image, in one pass (each step a `let`): leave placeholders; the
+    // first component with its '/' when the
     // parser reads it as the registry host (it has a '.' or a ':', is
     // localhost, or has uppercase); what follows the path (`:tag@digest`:
     // for a valid reference, from the first ':' or '@' that no '/'
     // follows); the path; the domain; the repository with `library/`.
     let decisions = format!(
-        "variables.containers.map(e, {refused} ? '' : \
+        "variables.containers.map(e, {placeholder} ? '' : \
 [e.image.find(r'^(?:[^/]*[.:A-Z][^/]*|localhost)/')].map(f, \
 [e.image.find(r'[:@][^/]*$')].map(sx, \
 [e.image.substring(size(f), size(e.image) - size(sx))].map(path, \
 [f == '' || f == 'index.docker.io/' ? 'docker.io' : f.substring(0, size(f) - 1)].map(dom, \
 [dom == 'docker.io' && !path.contains('/') ? 'library/' + path : path].map(repo, \
 size(repo) > 255 ? '' : {decide})[0])[0])[0])[0])[0])",
-        refused = refused(t),
+        placeholder = t.contains("placeholders", "e.image"),
     );
     let changes = format!(
         "lists.range(size(variables.decisions)).filter(n, variables.decisions[n] != '').map(n, \
@@ -124,13 +124,13 @@ size(repo) > 255 ? '' : {decide})[0])[0])[0])[0])[0])",
     ]
 }
 
-/// Is container entry `e`'s image one the engine leaves before any rule: a
-/// placeholder, or not a reference under the grammar (one expression; 64
-/// hex digits are refused as an image ID).
-fn refused(t: &Tables) -> String {
+/// Is container entry `e`'s image not a reference under the grammar (one
+/// expression; 64 hex digits are refused as an image ID)? Asked last, of
+/// the images a rule would rewrite only: every step before it is total on
+/// any string, and most images of a Pod are not rewritten.
+fn not_a_reference() -> String {
     format!(
-        "{} || !e.image.matches(r'{}') || (size(e.image) == 64 && e.image.matches(r'{HEX_IDENTIFIER}'))",
-        t.contains("placeholders", "e.image"),
+        "!e.image.matches(r'{}') || (size(e.image) == 64 && e.image.matches(r'{HEX_IDENTIFIER}'))",
         grammar()
     )
 }
@@ -240,8 +240,10 @@ ap == '' || size(arepo) > 255 ? d : \
     } else {
         "d".to_string()
     };
-    let settle = "w == '{NO_WINNER}' || w.substring(15) == 'K' || w.substring(15) == dom + '/' + repo + sx ? '' : w"
-        .replace("{NO_WINNER}", NO_WINNER);
+    let settle = format!(
+        "w == '{NO_WINNER}' || w.substring(15) == 'K' || w.substring(15) == dom + '/' + repo + sx || {} ? '' : w",
+        not_a_reference()
+    );
     let body = if t.has("aliases") {
         format!("{leave} ? '' : [{direct_winner}].map(d, [{chosen}].map(w, {settle})[0])[0]")
     } else {
