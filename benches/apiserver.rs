@@ -321,11 +321,13 @@ fn main() {
     });
     let ca = std::fs::read_to_string(detour.cert_dir.join("ca.crt")).unwrap();
     let _installed = Installed::new(cp, "opt-in", detour.port, &ca);
-    // Native mode: the shipped config's policy, bound to bench-native only.
+    // Native mode: the shipped config's policy, its mutation bound to
+    // bench-native only (the validating policy stays on audit namespaces,
+    // as shipped: there are none here).
     let out = common::detour(&["policy", "--config", config.to_str().unwrap(), "-o", "json"]);
     let mut list: Value = serde_json::from_slice(&out.stdout).unwrap();
     for item in list["items"].as_array_mut().unwrap() {
-        if item["kind"].as_str().unwrap().ends_with("Binding") {
+        if item["kind"] == "MutatingAdmissionPolicyBinding" {
             item["spec"]["matchResources"]["namespaceSelector"] =
                 json!({"matchLabels": {"bench-native": "true"}});
         }

@@ -171,7 +171,10 @@ pub fn compile(config: &Config, namespaces: Namespaces) -> Result<Vec<Value>, Na
         )
     };
     audit_variables.push(("auditing".into(), auditing));
-    audit_variables.push(("invalid".into(), program::invalid_expression(&tables)));
+    audit_variables.push((
+        "invalid".into(),
+        program::invalid_expression(&tables, settings),
+    ));
     let validating = json!({
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "ValidatingAdmissionPolicy",

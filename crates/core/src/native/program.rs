@@ -64,62 +64,81 @@ pub struct Settings {
 }
 
 /// The policy's variables after the tables, in evaluation order.
-pub fn variables(t: &Tables, settings: Settings) -> Vec<(&'static str, String)> {
+/// Which containers detour decides: those with an image, and not those
+/// with `imagePullPolicy: Never` when the config skips them.
+fn keep(settings: Settings) -> String {
     let mut keep = String::from("has(c.image)");
     if settings.skip_pull_never {
         keep.push_str(" && !(has(c.imagePullPolicy) && c.imagePullPolicy == 'Never')");
     }
-    let entry = |list: &str| {
-        format!(
-            "{{'at': '/spec/{list}/' + string(i) + '/image', 'name': string(c.name), 'image': string(c.image)}}"
-        )
-    };
-    let containers = format!(
-        "(variables.creating && has(object.spec.containers) ? object.spec.containers.transformList(i, c, {keep}, {}) : []) + \
-         (variables.creating && has(object.spec.initContainers) ? object.spec.initContainers.transformList(i, c, {keep}, {}) : []) + \
-         (has(object.spec.ephemeralContainers) ? object.spec.ephemeralContainers.transformList(i, c, {keep} && !(c.name in variables.existing), {}) : [])",
-        entry("containers"),
-        entry("initContainers"),
-        entry("ephemeralContainers"),
-    );
+    keep
+}
+
+pub fn variables(t: &Tables, settings: Settings) -> Vec<(&'static str, String)> {
+    let keep = keep(settings);
     let decide = decide(t);
     // Per image, in one pass (each step a `let`): leave placeholders; the
-    // first component with its '/' when the
-    // parser reads it as the registry host (it has a '.' or a ':', is
-    // localhost, or has uppercase); what follows the path (`:tag@digest`:
-    // for a valid reference, from the first ':' or '@' that no '/'
-    // follows); the path; the domain; the repository with `library/`.
-    let decisions = format!(
-        "variables.containers.map(e, {placeholder} ? '' : \
-[e.image.find(r'^(?:[^/]*[.:A-Z][^/]*|localhost)/')].map(f, \
-[e.image.find(r'[:@][^/]*$')].map(sx, \
-[e.image.substring(size(f), size(e.image) - size(sx))].map(path, \
+    // first component with its '/' when the parser reads it as the registry
+    // host (it has a '.' or a ':', is localhost, or has uppercase); what
+    // follows the path (`:tag@digest`: for a valid reference, from the
+    // first ':' or '@' that no '/' follows); the path; the domain; the
+    // repository with `library/`. Every step is total on any string.
+    let decide_image = format!(
+        "{placeholder} ? '' : \
+[c.image.find(r'^(?:[^/]*[.:A-Z][^/]*|localhost)/')].map(f, \
+[c.image.find(r'[:@][^/]*$')].map(sx, \
+[c.image.substring(size(f), size(c.image) - size(sx))].map(path, \
 [f == '' || f == 'index.docker.io/' ? 'docker.io' : f.substring(0, size(f) - 1)].map(dom, \
 [dom == 'docker.io' && !path.contains('/') ? 'library/' + path : path].map(repo, \
-size(repo) > 255 ? '' : {decide})[0])[0])[0])[0])[0])",
-        placeholder = t.contains("placeholders", "e.image"),
+size(repo) > 255 ? '' : {decide})[0])[0])[0])[0])[0]",
+        placeholder = t.contains("placeholders", "c.image"),
     );
-    let changes = format!(
-        "lists.range(size(variables.decisions)).filter(n, variables.decisions[n] != '').map(n, \
-{{'at': variables.containers[n].at, 'name': variables.containers[n].name, 'from': variables.containers[n].image, \
-'to': variables.decisions[n].substring(15), \
-'rule': {name}}})",
-        name = t.index(
-            "names",
-            &format!(
-                "({} - int(variables.decisions[n].substring(9, 14)))",
-                RULE_SLOTS - 1
-            )
-        ),
+    // One decision per container of each list, by index ('' = unchanged):
+    // no intermediate records, the index is the container's.
+    let decisions = |list: &str, scope: &str| {
+        format!(
+            "{scope}has(object.spec.{list}) ? object.spec.{list}.map(c, {keep}{new_only} ? ({decide_image}) : '') : []",
+            scope = if scope.is_empty() { String::new() } else { format!("{scope} && ") },
+            new_only = if list == "ephemeralContainers" {
+                " && !(c.name in variables.existing)"
+            } else {
+                ""
+            },
+        )
+    };
+    let rule = t.index(
+        "names",
+        &format!("({} - int(d[i].substring(9, 14)))", RULE_SLOTS - 1),
     );
+    let changes_of = |list: &str, var: &str| {
+        format!(
+            "[variables.{var}].map(d, lists.range(size(d)).filter(i, d[i] != '').map(i, \
+{{'at': '/spec/{list}/' + string(i) + '/image', 'name': string(object.spec.{list}[i].name), \
+'from': string(object.spec.{list}[i].image), 'to': d[i].substring(15), 'rule': {rule}}}))[0]"
+        )
+    };
+    let changes = [
+        ("containers", "containerDecisions"),
+        ("initContainers", "initDecisions"),
+        ("ephemeralContainers", "ephemeralDecisions"),
+    ]
+    .map(|(list, var)| changes_of(list, var))
+    .join(" + ");
     vec![
         ("creating", "request.operation == 'CREATE'".to_string()),
         (
             "existing",
             "variables.creating || !has(oldObject.spec.ephemeralContainers) ? [] : oldObject.spec.ephemeralContainers.map(c, c.name)".to_string(),
         ),
-        ("containers", containers),
-        ("decisions", decisions),
+        (
+            "containerDecisions",
+            decisions("containers", "variables.creating"),
+        ),
+        (
+            "initDecisions",
+            decisions("initContainers", "variables.creating"),
+        ),
+        ("ephemeralDecisions", decisions("ephemeralContainers", "")),
         ("changes", changes),
     ]
 }
@@ -130,7 +149,7 @@ size(repo) > 255 ? '' : {decide})[0])[0])[0])[0])[0])",
 /// any string, and most images of a Pod are not rewritten.
 fn not_a_reference() -> String {
     format!(
-        "!e.image.matches(r'{}') || (size(e.image) == 64 && e.image.matches(r'{HEX_IDENTIFIER}'))",
+        "!c.image.matches(r'{}') || (size(c.image) == 64 && c.image.matches(r'{HEX_IDENTIFIER}'))",
         grammar()
     )
 }
@@ -473,17 +492,35 @@ pub fn would_rewrite_annotation() -> &'static str {
 /// its normalised name could pass the 255-character limit (`library/` adds
 /// 8), so that in enforce namespaces, where the validating policy runs after
 /// the mutation, it costs one regular expression per image.
-pub fn invalid_expression(t: &Tables) -> String {
+pub fn invalid_expression(t: &Tables, settings: Settings) -> String {
     // A name past 255 characters (with `library/`) needs an image of more
     // than 247: only those pay for the normalisation.
-    format!(
-        "variables.containers.filter(e, !({placeholder}) && (!e.image.matches(r'{grammar}') || (size(e.image) == 64 && e.image.matches(r'{HEX_IDENTIFIER}')) || \
-(size(e.image) > 247 && [e.image.find(r'^(?:[^/]*[.:A-Z][^/]*|localhost)/')].map(f, [e.image.find(r'[:@][^/]*$')].map(sx, \
-[e.image.substring(size(f), size(e.image) - size(sx))].map(path, \
-(f == '' || f == 'index.docker.io/') && !path.contains('/') ? size(path) + 8 > 255 : size(path) > 255)[0])[0])[0])))",
-        placeholder = t.contains("placeholders", "e.image"),
+    let invalid = format!(
+        "!({placeholder}) && (!c.image.matches(r'{grammar}') || (size(c.image) == 64 && c.image.matches(r'{HEX_IDENTIFIER}')) || \
+(size(c.image) > 247 && [c.image.find(r'^(?:[^/]*[.:A-Z][^/]*|localhost)/')].map(f, [c.image.find(r'[:@][^/]*$')].map(sx, \
+[c.image.substring(size(f), size(c.image) - size(sx))].map(path, \
+(f == '' || f == 'index.docker.io/') && !path.contains('/') ? size(path) + 8 > 255 : size(path) > 255)[0])[0])[0]))",
+        placeholder = t.contains("placeholders", "c.image"),
         grammar = grammar(),
-    )
+    );
+    let keep = keep(settings);
+    ["containers", "initContainers", "ephemeralContainers"]
+        .map(|list| {
+            let scope = if list == "ephemeralContainers" {
+                ""
+            } else {
+                "variables.creating && "
+            };
+            let new_only = if list == "ephemeralContainers" {
+                " && !(c.name in variables.existing)"
+            } else {
+                ""
+            };
+            format!(
+                "({scope}has(object.spec.{list}) ? object.spec.{list}.filter(c, {keep}{new_only} && {invalid}).map(c, {{'name': string(c.name), 'image': string(c.image)}}) : [])"
+            )
+        })
+        .join(" + ")
 }
 
 pub fn invalid_message() -> &'static str {
