@@ -5,13 +5,14 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
 use common::kube::{
-    control_plane, create_pods, serial, write_kubeconfig, ControlPlane, Installed, VIEWER_TOKEN,
+    audit_report, control_plane, create_pods, detour_with_kubeconfig, serial, write_kubeconfig,
+    ControlPlane, Installed, VIEWER_TOKEN,
 };
 use common::registry::{skopeo_digest, Image, Registry, RegistryOptions};
 use common::*;
@@ -28,28 +29,11 @@ fn detour_on(cp: &ControlPlane, args: &[&str]) -> Output {
     detour_with_kubeconfig(&cp.kubeconfig, args)
 }
 
-fn detour_with_kubeconfig(kubeconfig: &Path, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env("KUBECONFIG", kubeconfig)
-        .env_remove("DETOUR_CONFIG")
-        .env_remove("DETOUR_PRESET")
-        .env_remove("KUBERNETES_SERVICE_HOST")
-        .output()
-        .unwrap()
-}
-
 fn audit_json(cp: &ControlPlane, extra: &[&str]) -> Value {
     let config = shipped_config();
     let mut args = vec!["--config", config.to_str().unwrap(), "audit", "-o", "json"];
     args.extend_from_slice(extra);
-    let out = detour_on(cp, &args);
-    assert!(
-        out.status.success(),
-        "detour audit: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    audit_report(&cp.kubeconfig, &args)
 }
 
 /// `(mode, action, to)` counts over the findings of namespaces `prefix*`.

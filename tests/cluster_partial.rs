@@ -4,11 +4,7 @@
 
 mod common;
 
-use std::process::Command;
-
-use common::kube::control_plane_with;
-use common::BIN;
-use serde_json::Value;
+use common::kube::{audit_report, control_plane_with};
 
 #[test]
 fn a_kind_the_cluster_does_not_serve_makes_the_audit_partial() {
@@ -21,17 +17,7 @@ fn a_kind_the_cluster_does_not_serve_makes_the_audit_partial() {
             "spec": {"containers": [{"name": "c", "image": "registry.k8s.io/pause:3.9"}]}}"#,
     );
     let config = concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/base/config.yaml");
-    let out = Command::new(BIN)
-        .args(["--config", config, "audit", "-o", "json"])
-        .env("KUBECONFIG", &cp.kubeconfig)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = audit_report(&cp.kubeconfig, &["--config", config, "audit", "-o", "json"]);
     let partial = report["partial"].to_string();
     assert!(
         partial.contains("list Job: not served by this cluster"),

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use axum::routing::post;
-use common::kube::{control_plane, serial, ControlPlane, Installed, TestWebhook};
+use common::kube::{audit_report, control_plane, serial, ControlPlane, Installed, TestWebhook};
 use common::*;
 use detour_core::config::Config;
 use detour_core::reference::Reference;
@@ -27,6 +27,22 @@ const ORIGINALS: &str = "detour.dev/original-images";
 /// the policy to admit.
 const PER_POD: usize = 60;
 const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+/// `detour policy --config FILE` that must fail: its exit code and stderr.
+fn policy_refused(file: &Path) -> (Option<i32>, String) {
+    let out = std::process::Command::new(BIN)
+        .args(["policy", "--config", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.stdout.is_empty(),
+        "nothing is printed for a refused config"
+    );
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
 
 /// `detour policy` for `config` (a file, or the embedded default), as JSON objects.
 fn policy(config: Option<&Path>, extra: &[&str]) -> Vec<Value> {
@@ -708,17 +724,12 @@ fn rules_a_policy_cannot_carry_are_refused() {
         "rules: [{name: copy quay, source: quay.io, kind: host, target: mirror.example.com, premirror: true}]",
     )
     .unwrap();
-    let out = std::process::Command::new(BIN)
-        .args(["policy", "--config", file.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (code, stderr) = policy_refused(&file);
+    assert_eq!(code, Some(2));
     assert!(
         stderr.contains("\"copy quay\"") && stderr.contains("premirror"),
         "{stderr}"
     );
-    assert!(out.stdout.is_empty());
 }
 
 /// The shipped overlay is what `detour policy` prints for the embedded
@@ -753,19 +764,7 @@ fn audit_reads_the_modes_of_native_mode() {
     cp.kubectl_ok(&["get", "mutatingadmissionpolicybinding", "detour"]);
     cp.namespace("nat-audited-plain", &[]);
     cp.namespace("nat-audited-off", &[("detour.dev/mode", "off")]);
-    let out = std::process::Command::new(BIN)
-        .args(["audit", "-o", "json", "--no-progress"])
-        .env("KUBECONFIG", &cp.kubeconfig)
-        .env_remove("DETOUR_CONFIG")
-        .env_remove("KUBERNETES_SERVICE_HOST")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = audit_report(&cp.kubeconfig, &["audit", "-o", "json", "--no-progress"]);
     assert_eq!(
         report["modesFrom"],
         "MutatingAdmissionPolicyBinding detour (native mode, cluster-wide)"
@@ -875,12 +874,8 @@ fn large_configs_are_accepted_and_rewrite_a_60_container_pod() {
     // Past etcd's object limit: refused before anything is applied.
     let file = dir.path().join("rules-8000.yaml");
     std::fs::write(&file, generated(8000)).unwrap();
-    let out = std::process::Command::new(BIN)
-        .args(["policy", "--config", file.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (code, stderr) = policy_refused(&file);
+    assert_eq!(code, Some(2));
     assert!(
         stderr.contains("8000 rules") && stderr.contains("1572864"),
         "{stderr}"

@@ -347,6 +347,30 @@ pub fn write_kubeconfig(path: &Path, port: u16, ca: &Path, token: &str) {
     .unwrap();
 }
 
+/// Runs the detour binary against the cluster of `kubeconfig`, with no
+/// config or in-cluster settings from the test's environment.
+pub fn detour_with_kubeconfig(kubeconfig: &Path, args: &[&str]) -> Output {
+    Command::new(super::BIN)
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .env_remove("DETOUR_CONFIG")
+        .env_remove("DETOUR_PRESET")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .unwrap()
+}
+
+/// `detour … audit -o json …` (the `args` given) that must succeed, parsed.
+pub fn audit_report(kubeconfig: &Path, args: &[&str]) -> Value {
+    let out = detour_with_kubeconfig(kubeconfig, args);
+    assert!(
+        out.status.success(),
+        "detour audit: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// Sums the samples of `name` whose labels include every pair in `labels`.
 pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     text.lines()

@@ -330,6 +330,25 @@ fn winner(t: &Tables, v: &View) -> String {
     )
 }
 
+/// Does the repository of the view belong to the set of rule `index` whose
+/// exact repositories and prefixes are the `tables`? One test per table the
+/// rule set has, to be joined with `||`.
+fn in_rule_set(t: &Tables, tables: (&str, &str), index: &str, v: &View) -> Vec<String> {
+    let (exact, prefix) = tables;
+    let mut tests = Vec::new();
+    if t.has(exact) {
+        tests.push(t.contains(exact, &format!("{index} + '|' + {}", v.key)));
+    }
+    if t.has(prefix) {
+        tests.push(format!(
+            "{}.exists(p, {})",
+            v.prefixes,
+            t.contains(prefix, &format!("{index} + '|' + p"))
+        ));
+    }
+    tests
+}
+
 /// What the rule of entry `c` does with the view: 'D' when it declines,
 /// else `'<candidate> K'` (kept) or `'<candidate> <new reference>'`. Only
 /// the kinds and features the rule set uses are tested for.
@@ -339,33 +358,18 @@ fn outcome(t: &Tables, v: &View) -> String {
     let index = field(ENTRY_INDEX);
     let mut lists = Vec::new();
     if t.has("allowRules") {
-        let mut inside = Vec::new();
-        if t.has("allowExact") {
-            inside.push(t.contains("allowExact", &format!("{index} + '|' + {}", v.key)));
-        }
-        if t.has("allowPrefix") {
-            inside.push(format!(
-                "{}.exists(p, {})",
-                v.prefixes,
-                t.contains("allowPrefix", &format!("{index} + '|' + p"))
-            ));
-        }
         lists.push(format!(
             "({} && !({}))",
             t.contains("allowRules", &index),
-            inside.join(" || ")
+            in_rule_set(t, ("allowExact", "allowPrefix"), &index, v).join(" || ")
         ));
     }
-    if t.has("ruleSkipExact") {
-        lists.push(t.contains("ruleSkipExact", &format!("{index} + '|' + {}", v.key)));
-    }
-    if t.has("ruleSkipPrefix") {
-        lists.push(format!(
-            "{}.exists(p, {})",
-            v.prefixes,
-            t.contains("ruleSkipPrefix", &format!("{index} + '|' + p"))
-        ));
-    }
+    lists.extend(in_rule_set(
+        t,
+        ("ruleSkipExact", "ruleSkipPrefix"),
+        &index,
+        v,
+    ));
     let kind = field(ENTRY_KIND);
     let digests = field(ENTRY_DIGESTS);
     let (digest_decline, kept_suffix) = if t.digest_policies {
