@@ -76,14 +76,16 @@ pub enum Command {
     /// Write containerd hosts.toml files that pull each upstream of a proxy config through the proxy.
     ContainerdConfig(ContainerdConfigArgs),
     /// Print admission policies that make the apiserver rewrite images itself (native mode,
-    /// Kubernetes 1.36+): no webhook, certificates or Deployment. Apply with `kubectl apply -f -`.
+    /// Kubernetes 1.36+): no webhook, certificates or Deployment. Apply with
+    /// `kubectl apply --server-side -f -`.
     Policy(PolicyArgs),
 }
 
 #[derive(Debug, Args)]
 pub struct PolicyArgs {
-    /// Which namespaces the bindings select: opt-in (labelled detour.dev/mode=enforce or
-    /// =audit) or cluster-wide (all but detour.dev/mode=off); never kube-system or detour-system.
+    /// Which namespaces are rewritten: opt-in (labelled detour.dev/mode=enforce) or cluster-wide
+    /// (all but those labelled detour.dev/mode=off or =audit); namespaces labelled =audit get
+    /// warnings only; never kube-system or detour-system.
     #[arg(long, value_enum, default_value_t = NamespaceScope::OptIn)]
     pub namespaces: NamespaceScope,
     /// yaml: multi-document YAML; json: one v1 List.
