@@ -883,3 +883,60 @@ async fn a_burst_of_1000_pods_from_16_clients_is_all_rewritten_async() {
     );
     eprintln!("1000 Pods through the apiserver in {took:?}");
 }
+
+/// `detour rewrite`'s YAML is read back by kubectl as written: quoted
+/// strings that YAML 1.1 takes for booleans (`"off"`, `"yes"`) stay quoted,
+/// and the text of a block scalar is kept.
+#[test]
+fn rewritten_manifests_keep_their_strings_for_kubectl() {
+    let cp = control_plane();
+    let manifest = r#"apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: rewrite-yaml
+  namespace: default
+  labels:
+    detour.dev/mode: "off"
+    enabled: "yes"
+data:
+  settings.yaml: |
+    mode: off
+    - no
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: rewrite-yaml
+  namespace: default
+  labels: {detour.dev/skip: "true", "on": "on"}
+spec:
+  containers: [{name: c, image: "k8s.gcr.io/pause:3.1"}]
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("in.yaml");
+    std::fs::write(&file, manifest).unwrap();
+    let rewritten =
+        String::from_utf8(detour(&["rewrite", "-f", file.to_str().unwrap()]).stdout).unwrap();
+    let out = cp.kubectl_with_input(
+        &["create", "--dry-run=server", "-o", "json", "-f", "-"],
+        Some(&rewritten),
+    );
+    assert!(
+        out.status.success(),
+        "kubectl refused detour's YAML: {}\n{rewritten}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // One JSON document per object.
+    let items: Vec<Value> = serde_json::Deserializer::from_slice(&out.stdout)
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(items[0]["metadata"]["labels"]["detour.dev/mode"], "off");
+    assert_eq!(items[0]["metadata"]["labels"]["enabled"], "yes");
+    assert_eq!(items[0]["data"]["settings.yaml"], "mode: off\n- no\n");
+    assert_eq!(items[1]["metadata"]["labels"]["on"], "on");
+    assert_eq!(
+        items[1]["spec"]["containers"][0]["image"],
+        "m.daocloud.io/k8s.gcr.io/pause:3.1"
+    );
+}

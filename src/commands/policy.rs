@@ -6,6 +6,7 @@
 use std::io::Write;
 
 use detour_core::config::Config;
+use detour_core::manifest;
 use detour_core::native::{self, Namespaces};
 use serde_json::json;
 
@@ -46,50 +47,9 @@ pub fn run(config: &Config, args: &PolicyArgs, out: &mut dyn Write) -> Result<i3
             )
             .map_err(io)?;
             for object in &objects {
-                let text = serde_yaml_ng::to_string(object).unwrap_or_default();
-                write!(out, "---\n{}", yaml_1_1_safe(&text)).map_err(io)?;
+                write!(out, "---\n{}", manifest::to_yaml(object)?).map_err(io)?;
             }
         }
     }
     Ok(0)
-}
-
-/// Quotes the plain scalars that YAML 1.1 reads as booleans (`off`, `on`,
-/// `yes`, `no`, `y`, `n`): serde_yaml_ng writes YAML 1.2, where they are
-/// strings, but kubectl reads YAML 1.1, where `values: [off]` is `false`.
-fn yaml_1_1_safe(text: &str) -> String {
-    const WORDS: [&str; 6] = ["y", "n", "yes", "no", "on", "off"];
-    let mut out = String::with_capacity(text.len());
-    for line in text.lines() {
-        let split = line.rfind(": ").map(|i| i + 2).or_else(|| {
-            line.trim_start()
-                .starts_with("- ")
-                .then(|| line.find("- ").unwrap_or(0) + 2)
-        });
-        match split {
-            Some(at) if WORDS.contains(&line[at..].to_ascii_lowercase().as_str()) => {
-                out.push_str(&line[..at]);
-                out.push('"');
-                out.push_str(&line[at..]);
-                out.push('"');
-            }
-            _ => out.push_str(line),
-        }
-        out.push('\n');
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::yaml_1_1_safe;
-
-    #[test]
-    fn yaml_1_1_booleans_are_quoted() {
-        let text = "values:\n- off\n- audit\nkey: On\nname: offer\n- 'no'\n";
-        assert_eq!(
-            yaml_1_1_safe(text),
-            "values:\n- \"off\"\n- audit\nkey: \"On\"\nname: offer\n- 'no'\n"
-        );
-    }
 }

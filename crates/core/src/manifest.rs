@@ -148,13 +148,71 @@ pub fn rewrite_text(text: &str, rules: &RuleSet) -> Result<(String, Vec<Change>)
                     out.push_str("---\n");
                 }
                 first = false;
-                out.push_str(
-                    &serde_yaml_ng::to_string(&value)
-                        .map_err(|e| ManifestError::Write(e.to_string()))?,
-                );
+                out.push_str(&to_yaml(&value)?);
             }
             Ok((out, changes))
         }
+    }
+}
+
+/// `value` as YAML that kubectl reads back as written. serde_yaml_ng writes
+/// YAML 1.2, where `off`, `on`, `yes`, `no`, `y` and `n` are strings and
+/// need no quotes; kubectl reads YAML 1.1, where they are booleans, so that
+/// a label `detour.dev/mode: "off"` written back plain is refused as `false`.
+/// Those plain scalars, keys and values, are quoted; the lines of block
+/// scalars (`|`), which are text, are left as they are.
+pub fn to_yaml(value: &Value) -> Result<String, ManifestError> {
+    let text = serde_yaml_ng::to_string(value).map_err(|e| ManifestError::Write(e.to_string()))?;
+    let mut out = String::with_capacity(text.len());
+    // The indentation of the key or item whose block scalar is being read.
+    let mut block: Option<usize> = None;
+    for line in text.lines() {
+        let indent = line.len() - line.trim_start().len();
+        if let Some(at) = block {
+            if line.trim().is_empty() || indent > at {
+                out.push_str(line);
+                out.push('\n');
+                continue;
+            }
+            block = None;
+        }
+        // Sequence dashes, then `key: value`, `key:` or a lone value.
+        let rest = line[indent..].trim_start_matches("- ");
+        out.push_str(&line[..line.len() - rest.len()]);
+        let (key, value) = match rest.split_once(": ") {
+            Some((key, value)) if !key.starts_with(['"', '\'']) => (Some(key), Some(value)),
+            _ => match rest.strip_suffix(':') {
+                Some(key) if !key.starts_with(['"', '\'']) => (Some(key), None),
+                _ => (None, Some(rest)),
+            },
+        };
+        if let Some(key) = key {
+            push_scalar(&mut out, key);
+            out.push(':');
+        }
+        if let Some(value) = value {
+            if key.is_some() {
+                out.push(' ');
+            }
+            if value.starts_with('|') || value.starts_with('>') {
+                block = Some(indent);
+            }
+            push_scalar(&mut out, value);
+        }
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+/// Appends a plain scalar, quoted when YAML 1.1 would read it as a boolean.
+fn push_scalar(out: &mut String, scalar: &str) {
+    const YAML_1_1_BOOLEANS: [&str; 6] = ["y", "n", "yes", "no", "on", "off"];
+    if YAML_1_1_BOOLEANS.contains(&scalar.to_ascii_lowercase().as_str()) {
+        out.push('"');
+        out.push_str(scalar);
+        out.push('"');
+    } else {
+        out.push_str(scalar);
     }
 }
 
@@ -227,5 +285,28 @@ mod tests {
         assert_eq!(changes[0].object, "Pod/p-");
         assert_eq!(list["items"][1], before["items"][1]);
         assert_eq!(list["items"][2], before["items"][2]);
+    }
+
+    #[test]
+    fn yaml_1_1_booleans_are_quoted_outside_block_scalars() {
+        let value: Value = serde_json::json!({
+            "labels": {"detour.dev/mode": "off", "a": "On", "b": "offer", "on": "x"},
+            "values": ["off", "audit", "no"],
+            "script": "mode: off\n- no\n",
+            "after": "yes",
+        });
+        let text = to_yaml(&value).unwrap();
+        assert!(text.contains("detour.dev/mode: \"off\"\n"), "{text}");
+        assert!(
+            text.contains("a: \"On\"\n") && text.contains("b: offer\n"),
+            "{text}"
+        );
+        assert!(text.contains("- \"off\"\n- audit\n- \"no\"\n"), "{text}");
+        assert!(text.contains("after: \"yes\"\n"), "{text}");
+        assert!(text.contains("  \"on\": x\n"), "{text}");
+        // The block scalar's text is the text given.
+        assert!(text.contains("  mode: off\n  - no\n"), "{text}");
+        let back: Value = serde_yaml_ng::from_str(&text).unwrap();
+        assert_eq!(back, value);
     }
 }
