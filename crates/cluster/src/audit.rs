@@ -14,8 +14,8 @@ use serde::Serialize;
 use detour_core::config::{Config, GlobalMode, NeverPolicy};
 use detour_core::rules::Outcome;
 
-/// The namespace label that selects a mode (see the install overlays).
-pub const MODE_LABEL: &str = "detour.dev/mode";
+use detour_core::pod::EXCLUDED_NAMESPACES;
+pub use detour_core::pod::MODE_LABEL;
 
 /// One container of a Pod or of a workload's Pod template.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,7 +79,7 @@ impl Default for Selection {
     fn default() -> Self {
         Selection {
             cluster_wide: false,
-            excluded: ["kube-system", "detour-system"].map(String::from).into(),
+            excluded: EXCLUDED_NAMESPACES.map(String::from).into(),
         }
     }
 }
@@ -101,6 +101,15 @@ impl Selection {
         match (mode, global) {
             (Mode::Enforce, GlobalMode::Audit) => Mode::Audit,
             (mode, _) => mode,
+        }
+    }
+
+    /// `cluster-wide` or `opt-in`, as the overlays are named.
+    pub fn shape(&self) -> &'static str {
+        if self.cluster_wide {
+            "cluster-wide"
+        } else {
+            "opt-in"
         }
     }
 

@@ -25,6 +25,7 @@ use serde::de::DeserializeOwned;
 
 use crate::audit::{self, ContainerImage, Mode, Report, Selection, Workload, MODE_LABEL};
 use detour_core::config::Config;
+use detour_core::native::MUTATING_POLICY;
 use detour_core::pod::{MIRROR_POD_ANNOTATION, SKIP_LABEL};
 
 #[derive(Debug, thiserror::Error)]
@@ -273,53 +274,10 @@ async fn read_selection(
             inv.selection = selection_of(&config);
             inv.selection_source = format!(
                 "MutatingWebhookConfiguration {name} ({})",
-                if inv.selection.cluster_wide {
-                    "cluster-wide"
-                } else {
-                    "opt-in"
-                }
+                inv.selection.shape()
             );
         }
-        Ok(None) => {
-            // Native mode (`detour policy`): the policy binding selects the
-            // enforce namespaces the way the webhook's entry does.
-            let bindings: Api<MutatingAdmissionPolicyBinding> = Api::all(client.clone());
-            match bindings.get_opt(name).await {
-                Ok(Some(binding)) => {
-                    let expressions = binding
-                        .spec
-                        .as_ref()
-                        .and_then(|s| s.match_resources.as_ref())
-                        .and_then(|m| m.namespace_selector.as_ref())
-                        .and_then(|s| s.match_expressions.as_ref());
-                    inv.selection = selection_from(expressions.into_iter().flatten());
-                    inv.selection_source = format!(
-                        "MutatingAdmissionPolicyBinding {name} (native mode, {})",
-                        if inv.selection.cluster_wide {
-                            "cluster-wide"
-                        } else {
-                            "opt-in"
-                        }
-                    );
-                }
-                Ok(None) => {
-                    inv.selection_source = format!(
-                        "no MutatingWebhookConfiguration or MutatingAdmissionPolicyBinding {name}: modes as under the opt-in overlay"
-                    );
-                }
-                Err(e) => {
-                    partial_or_fail(
-                        &mut inv.partial,
-                        &format!("get mutatingadmissionpolicybinding {name}"),
-                        Scope::Cluster,
-                        e,
-                    )?;
-                    inv.selection_source = format!(
-                        "no MutatingWebhookConfiguration {name}, and MutatingAdmissionPolicyBinding {name} unreadable: modes as under the opt-in overlay"
-                    );
-                }
-            }
-        }
+        Ok(None) => read_native_selection(client, name, inv).await?,
         Err(e) => {
             partial_or_fail(
                 &mut inv.partial,
@@ -329,6 +287,50 @@ async fn read_selection(
             )?;
             inv.selection_source = format!(
                 "MutatingWebhookConfiguration {name} unreadable: modes as under the opt-in overlay"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Without a webhook configuration: native mode's policy binding, as
+/// `detour policy` names it, selects the enforce namespaces the way the
+/// webhook's entry does.
+async fn read_native_selection(
+    client: &Client,
+    webhook: &str,
+    inv: &mut Inventory,
+) -> Result<(), ClusterError> {
+    let name = MUTATING_POLICY;
+    let bindings: Api<MutatingAdmissionPolicyBinding> = Api::all(client.clone());
+    match bindings.get_opt(name).await {
+        Ok(Some(binding)) => {
+            let expressions = binding
+                .spec
+                .as_ref()
+                .and_then(|s| s.match_resources.as_ref())
+                .and_then(|m| m.namespace_selector.as_ref())
+                .and_then(|s| s.match_expressions.as_ref());
+            inv.selection = selection_from(expressions.into_iter().flatten());
+            inv.selection_source = format!(
+                "MutatingAdmissionPolicyBinding {name} (native mode, {})",
+                inv.selection.shape()
+            );
+        }
+        Ok(None) => {
+            inv.selection_source = format!(
+                "no MutatingWebhookConfiguration {webhook} or MutatingAdmissionPolicyBinding {name}: modes as under the opt-in overlay"
+            );
+        }
+        Err(e) => {
+            partial_or_fail(
+                &mut inv.partial,
+                &format!("get mutatingadmissionpolicybinding {name}"),
+                Scope::Cluster,
+                e,
+            )?;
+            inv.selection_source = format!(
+                "no MutatingWebhookConfiguration {webhook}, and MutatingAdmissionPolicyBinding {name} unreadable: modes as under the opt-in overlay"
             );
         }
     }

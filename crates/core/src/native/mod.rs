@@ -19,19 +19,15 @@ mod tables;
 use serde_json::{json, Value};
 
 use crate::config::{Config, GlobalMode, NeverPolicy};
-use crate::pod::{MIRROR_POD_ANNOTATION, SKIP_LABEL};
+use crate::pod::{EXCLUDED_NAMESPACES, MIRROR_POD_ANNOTATION, MODE_LABEL, SKIP_LABEL};
 use crate::rules::Swap;
 
-/// The namespace label that chooses a namespace's mode, as the webhook's.
-pub const MODE_LABEL: &str = "detour.dev/mode";
 /// The policies' and bindings' names.
 pub const MUTATING_POLICY: &str = "detour";
 pub const VALIDATING_POLICY: &str = "detour-audit";
-/// The label that marks every object `detour policy` writes, so that
-/// `detour audit` finds them.
+/// The label on every object `detour policy` writes, so that they can be
+/// listed and deleted together (`kubectl delete … -l`).
 pub const COMPONENT_LABEL: (&str, &str) = ("app.kubernetes.io/component", "native");
-/// Namespaces never touched, as in the webhook overlays.
-pub const EXCLUDED_NAMESPACES: [&str; 2] = ["kube-system", "detour-system"];
 
 /// The CEL parser's limit on one expression, in code points
 /// (cel-go `parser.ExpressionSizeCodePointLimit`'s default, which the
