@@ -468,15 +468,19 @@ fn native_policy_stores_what_the_webhook_stores_and_explain_predicts() {
                 .map(|i| format!("c{i}"))
                 .chain((0..chunk.len() - split).map(|i| format!("i{i}")))
                 .collect();
+            let predictions: Vec<Option<String>> =
+                chunk.iter().map(|i| predicted(&config, i)).collect();
             let expected_images: Vec<String> = chunk
                 .iter()
-                .map(|i| predicted(&config, i).unwrap_or_else(|| i.clone()))
+                .zip(&predictions)
+                .map(|(i, p)| p.clone().unwrap_or_else(|| i.clone()))
                 .collect();
             let originals: BTreeMap<&str, &str> = names
                 .iter()
                 .zip(chunk)
-                .filter(|(_, i)| predicted(&config, i).is_some())
-                .map(|(n, i)| (n.as_str(), i.as_str()))
+                .zip(&predictions)
+                .filter(|(_, p)| p.is_some())
+                .map(|((n, i), _)| (n.as_str(), i.as_str()))
                 .collect();
             let expected_record =
                 (!originals.is_empty()).then(|| serde_json::to_string(&originals).unwrap());

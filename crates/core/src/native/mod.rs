@@ -40,10 +40,11 @@ pub const MAX_OBJECT_BYTES: usize = 1_572_864;
 /// Which namespaces the bindings select (the overlays' two shapes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Namespaces {
-    /// Only namespaces labelled `detour.dev/mode=enforce` or `=audit`.
+    /// Namespaces labelled `detour.dev/mode=enforce` are rewritten.
     #[default]
     OptIn,
-    /// Every namespace but those labelled `detour.dev/mode=off`.
+    /// Every namespace is rewritten but those labelled
+    /// `detour.dev/mode=off` or `=audit`.
     ClusterWide,
 }
 
@@ -157,16 +158,9 @@ pub fn compile(config: &Config, namespaces: Namespaces) -> Result<Vec<Value>, Na
             },
         }));
     }
-    let mut audit_variables = variables.clone();
-    let auditing = if auditing_everywhere {
-        "true".to_string()
-    } else {
-        format!(
-            "has(namespaceObject.metadata.labels) && {label} in namespaceObject.metadata.labels && namespaceObject.metadata.labels[{label}] == 'audit'",
-            label = cel::string(MODE_LABEL)
-        )
-    };
-    audit_variables.push(("auditing".into(), auditing));
+    // The validating binding selects audit namespaces only (every selected
+    // namespace under `mode: audit`), so its warnings need no mode test.
+    let mut audit_variables = variables;
     audit_variables.push((
         "invalid".into(),
         program::invalid_expression(&tables, settings),
@@ -181,7 +175,7 @@ pub fn compile(config: &Config, namespaces: Namespaces) -> Result<Vec<Value>, Na
             "variables": variables_json(&audit_variables),
             "validations": [
                 {
-                    "expression": "!variables.auditing || size(variables.changes) == 0",
+                    "expression": "size(variables.changes) == 0",
                     "messageExpression": program::would_rewrite_message(),
                     "reason": "Invalid",
                 },
@@ -193,7 +187,7 @@ pub fn compile(config: &Config, namespaces: Namespaces) -> Result<Vec<Value>, Na
             ],
             "auditAnnotations": [{
                 "key": "would-rewrite",
-                "valueExpression": format!("!variables.auditing ? '' : ({})", program::would_rewrite_annotation()),
+                "valueExpression": program::would_rewrite_annotation(),
             }],
             "failurePolicy": "Ignore",
         },

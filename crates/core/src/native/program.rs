@@ -9,14 +9,14 @@
 //! then take the first covering rule that accepts the reference, in the
 //! engine's order, with aliases tried below exact hosts.
 //!
-//! Written for the apiserver's CEL, where every comprehension costs
-//! microseconds: each step is a policy variable (evaluated once per
-//! request) that maps over all images; a value used twice is recomputed
-//! from cheap string functions rather than bound (`[x].map(n, …)[0]`, the
-//! only `let`, is a comprehension); one regular expression checks the
-//! grammar; prefixes are built only as deep as the tables' keys; and the
-//! winning rule is the maximum of the accepting candidates (their decimal
-//! strings order as the engine tries them, see [`super::tables::RULE_SLOTS`]).
+//! Written for the apiserver's CEL, where every step costs microseconds
+//! (`bench/cel-cost.sh` prices them): one pass per container list, by
+//! index, with no intermediate records; few names bound (`[x].map(n, …)[0]`,
+//! the only `let`, is a comprehension); one regular expression for the
+//! grammar, asked only of images a rule would rewrite; prefixes built only
+//! as deep as the tables' keys; and the winning rule found as the maximum of
+//! the accepting candidates (their decimal strings order as the engine tries
+//! them, see [`super::tables::RULE_SLOTS`]).
 
 use super::tables::{
     Tables, DIGESTS_DROP, DIGESTS_REQUIRE, DIGESTS_SKIP, ENTRY_CANDIDATE, ENTRY_DIGESTS,
@@ -35,6 +35,12 @@ const DOMAIN: &str = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-
 const TAG_AND_DIGEST: &str = r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@(?:sha256:[a-f0-9]{64}|sha384:[a-f0-9]{96}|sha512:[a-f0-9]{128}))?";
 /// 64 lowercase hex digits: refused as a name (it would read as an image ID).
 const HEX_IDENTIFIER: &str = r"^[a-f0-9]{64}$";
+/// The first component with its '/', when the parser reads it as the
+/// registry host: it has a '.' or a ':', is localhost, or has uppercase.
+const HOST_COMPONENT: &str = r"^(?:[^/]*[.:A-Z][^/]*|localhost)/";
+/// What follows the path of a valid reference (`:tag@digest`): from the
+/// first ':' or '@' that no '/' follows.
+const TAG_AND_DIGEST_PART: &str = r"[:@][^/]*$";
 /// Padding of the empty winner: sorts below every 14-digit candidate.
 const NO_WINNER: &str = "00000000000000";
 /// The canonical form of the original-images annotation that detour writes
@@ -63,7 +69,6 @@ pub struct Settings {
     pub skip_pull_never: bool,
 }
 
-/// The policy's variables after the tables, in evaluation order.
 /// Which containers detour decides: those with an image, and not those
 /// with `imagePullPolicy: Never` when the config skips them.
 fn keep(settings: Settings) -> String {
@@ -74,55 +79,72 @@ fn keep(settings: Settings) -> String {
     keep
 }
 
-pub fn variables(t: &Tables, settings: Settings) -> Vec<(&'static str, String)> {
+/// The container lists: each one's name, the test that it is read at all,
+/// and the test that puts one of its containers `c` in scope. On CREATE
+/// every container is in scope; on an UPDATE of `pods/ephemeralcontainers`
+/// (`kubectl debug`) only the ephemeral containers the Pod did not have.
+fn lists(settings: Settings) -> [(&'static str, String, String); 3] {
     let keep = keep(settings);
-    let decide = decide(t);
-    // Per image, in one pass (each step a `let`): leave placeholders; the
-    // first component with its '/' when the parser reads it as the registry
-    // host (it has a '.' or a ':', is localhost, or has uppercase); what
-    // follows the path (`:tag@digest`: for a valid reference, from the
-    // first ':' or '@' that no '/' follows); the path; the domain; the
-    // repository with `library/`. Every step is total on any string.
-    let decide_image = format!(
-        "{placeholder} ? '' : \
-[c.image.find(r'^(?:[^/]*[.:A-Z][^/]*|localhost)/')].map(f, \
-[c.image.find(r'[:@][^/]*$')].map(sx, \
+    ["containers", "initContainers", "ephemeralContainers"].map(|list| {
+        if list == "ephemeralContainers" {
+            (
+                list,
+                format!("has(object.spec.{list})"),
+                format!("{keep} && !(c.name in variables.existing)"),
+            )
+        } else {
+            (
+                list,
+                format!("variables.creating && has(object.spec.{list})"),
+                keep.clone(),
+            )
+        }
+    })
+}
+
+/// `body` with container `c`'s image taken apart, as the parser does, into
+/// `f` (the host component with its '/', or ''), `sx` (`:tag@digest`),
+/// `path`, `dom` (the domain, `docker.io` by default) and `repo` (the path
+/// with `library/` for Docker Hub). Every step is total on any string.
+fn with_parts(body: &str) -> String {
+    format!(
+        "[c.image.find(r'{HOST_COMPONENT}')].map(f, \
+[c.image.find(r'{TAG_AND_DIGEST_PART}')].map(sx, \
 [c.image.substring(size(f), size(c.image) - size(sx))].map(path, \
 [f == '' || f == 'index.docker.io/' ? 'docker.io' : f.substring(0, size(f) - 1)].map(dom, \
 [dom == 'docker.io' && !path.contains('/') ? 'library/' + path : path].map(repo, \
-size(repo) > 255 ? '' : {decide})[0])[0])[0])[0])[0]",
+{body})[0])[0])[0])[0])[0]"
+    )
+}
+
+/// The policy's variables after the tables, in evaluation order.
+pub fn variables(t: &Tables, settings: Settings) -> Vec<(&'static str, String)> {
+    let decide_image = format!(
+        "{placeholder} ? '' : {parts}",
         placeholder = t.contains("placeholders", "c.image"),
+        parts = with_parts(&format!("size(repo) > 255 ? '' : {}", decide(t))),
     );
     // One decision per container of each list, by index ('' = unchanged):
     // no intermediate records, the index is the container's.
-    let decisions = |list: &str, scope: &str| {
-        format!(
-            "{scope}has(object.spec.{list}) ? object.spec.{list}.map(c, {keep}{new_only} ? ({decide_image}) : '') : []",
-            scope = if scope.is_empty() { String::new() } else { format!("{scope} && ") },
-            new_only = if list == "ephemeralContainers" {
-                " && !(c.name in variables.existing)"
-            } else {
-                ""
-            },
-        )
-    };
+    let [containers, inits, ephemerals] = lists(settings).map(|(list, present, in_scope)| {
+        format!("{present} ? object.spec.{list}.map(c, {in_scope} ? ({decide_image}) : '') : []")
+    });
     let rule = t.index(
         "names",
         &format!("({} - int(d[i].substring(9, 14)))", RULE_SLOTS - 1),
     );
-    let changes_of = |list: &str, var: &str| {
-        format!(
-            "[variables.{var}].map(d, lists.range(size(d)).filter(i, d[i] != '').map(i, \
-{{'at': '/spec/{list}/' + string(i) + '/image', 'name': string(object.spec.{list}[i].name), \
-'from': string(object.spec.{list}[i].image), 'to': d[i].substring(15), 'rule': {rule}}}))[0]"
-        )
-    };
     let changes = [
         ("containers", "containerDecisions"),
         ("initContainers", "initDecisions"),
         ("ephemeralContainers", "ephemeralDecisions"),
     ]
-    .map(|(list, var)| changes_of(list, var))
+    .map(|(list, var)| {
+        format!(
+            "[variables.{var}].map(d, lists.range(size(d)).filter(i, d[i] != '').map(i, \
+{{'at': '/spec/{list}/' + string(i) + '/image', 'name': string(object.spec.{list}[i].name), \
+'from': string(object.spec.{list}[i].image), 'to': d[i].substring(15), 'rule': {rule}}}))[0]"
+        )
+    })
     .join(" + ");
     vec![
         ("creating", "request.operation == 'CREATE'".to_string()),
@@ -130,20 +152,14 @@ size(repo) > 255 ? '' : {decide})[0])[0])[0])[0])[0]",
             "existing",
             "variables.creating || !has(oldObject.spec.ephemeralContainers) ? [] : oldObject.spec.ephemeralContainers.map(c, c.name)".to_string(),
         ),
-        (
-            "containerDecisions",
-            decisions("containers", "variables.creating"),
-        ),
-        (
-            "initDecisions",
-            decisions("initContainers", "variables.creating"),
-        ),
-        ("ephemeralDecisions", decisions("ephemeralContainers", "")),
+        ("containerDecisions", containers),
+        ("initDecisions", inits),
+        ("ephemeralDecisions", ephemerals),
         ("changes", changes),
     ]
 }
 
-/// Is container entry `e`'s image not a reference under the grammar (one
+/// Is container `c`'s image not a reference under the grammar (one
 /// expression; 64 hex digits are refused as an image ID)? Asked last, of
 /// the images a rule would rewrite only: every step before it is total on
 /// any string, and most images of a Pod are not rewritten.
@@ -195,8 +211,8 @@ fn any_prefix_in(t: &Tables, v: &View, table: &str) -> String {
     }
 }
 
-/// The decision for ref `r` (index `n`): `'<candidate> <new image>'`, or
-/// '' when the image stays as written.
+/// The decision for an image taken apart by [`with_parts`]:
+/// `'<candidate> <new image>'`, or '' when the image stays as written.
 fn decide(t: &Tables) -> String {
     let direct = View {
         host: "dom.lowerAscii()".into(),
@@ -490,38 +506,21 @@ pub fn would_rewrite_annotation() -> &'static str {
     "size(variables.changes) == 0 ? '' : '[' + variables.changes.map(c, '{\"container\":\"' + c.name + '\",\"from\":\"' + c.from + '\",\"to\":\"' + c.to + '\",\"rule\":' + c.rule + '}').join(',') + ']'"
 }
 
-/// Containers whose image is not a reference (the webhook warns of them).
-///
-/// Read from the grammar check alone unless an image is long enough that
-/// its normalised name could pass the 255-character limit (`library/` adds
-/// 8), so that in enforce namespaces, where the validating policy runs after
-/// the mutation, it costs one regular expression per image.
+/// Containers whose image is not a reference (the webhook warns of them):
+/// one regular expression per image; only an image of more than 247
+/// characters is taken apart, since only its name (with `library/`, 8 more)
+/// can pass the 255-character limit.
 pub fn invalid_expression(t: &Tables, settings: Settings) -> String {
-    // A name past 255 characters (with `library/`) needs an image of more
-    // than 247: only those pay for the normalisation.
     let invalid = format!(
-        "!({placeholder}) && (!c.image.matches(r'{grammar}') || (size(c.image) == 64 && c.image.matches(r'{HEX_IDENTIFIER}')) || \
-(size(c.image) > 247 && [c.image.find(r'^(?:[^/]*[.:A-Z][^/]*|localhost)/')].map(f, [c.image.find(r'[:@][^/]*$')].map(sx, \
-[c.image.substring(size(f), size(c.image) - size(sx))].map(path, \
-(f == '' || f == 'index.docker.io/') && !path.contains('/') ? size(path) + 8 > 255 : size(path) > 255)[0])[0])[0]))",
+        "!({placeholder}) && ({not_a_reference} || (size(c.image) > 247 && {too_long}))",
         placeholder = t.contains("placeholders", "c.image"),
-        grammar = grammar(),
+        not_a_reference = not_a_reference(),
+        too_long = with_parts("size(repo) > 255"),
     );
-    let keep = keep(settings);
-    ["containers", "initContainers", "ephemeralContainers"]
-        .map(|list| {
-            let scope = if list == "ephemeralContainers" {
-                ""
-            } else {
-                "variables.creating && "
-            };
-            let new_only = if list == "ephemeralContainers" {
-                " && !(c.name in variables.existing)"
-            } else {
-                ""
-            };
+    lists(settings)
+        .map(|(list, present, in_scope)| {
             format!(
-                "({scope}has(object.spec.{list}) ? object.spec.{list}.filter(c, {keep}{new_only} && {invalid}).map(c, {{'name': string(c.name), 'image': string(c.image)}}) : [])"
+                "({present} ? object.spec.{list}.filter(c, {in_scope} && {invalid}).map(c, {{'name': string(c.name), 'image': string(c.image)}}) : [])"
             )
         })
         .join(" + ")

@@ -47,13 +47,13 @@ pub fn rank(bucket: BucketKind, key: &str) -> i64 {
     i64::from(tier) * TIER_SCALE + (a.min(9_999) as i64) * 10_000 + b.min(9_999) as i64
 }
 
-/// The tables of one rule set, each a CEL expression, by variable name.
-/// Tables the rule set does not need are absent, and the program leaves
-/// out the steps that would read them.
 /// A table's literal is cut into variables of at most this many code
 /// points (the CEL parser takes 100,000 per expression).
 pub const CHUNK_CODE_POINTS: usize = 90_000;
 
+/// The tables of one rule set, each a CEL expression, by variable name.
+/// Tables the rule set does not need are absent, and the program leaves
+/// out the steps that would read them.
 #[derive(Debug, Default)]
 pub struct Tables {
     pub entries: Vec<(String, String)>,
@@ -148,39 +148,13 @@ impl Tables {
 
     /// A map literal, cut into variables of at most [`CHUNK_CODE_POINTS`].
     fn push_map(&mut self, name: &'static str, entries: Vec<(String, String)>) {
-        let mut chunks: Vec<Vec<(String, String)>> = vec![Vec::new()];
-        let mut size = 0;
-        for (k, v) in entries {
-            let len = k.chars().count() + v.chars().count() + 4;
-            if size + len > CHUNK_CODE_POINTS && !chunks.last().is_some_and(Vec::is_empty) {
-                chunks.push(Vec::new());
-                size = 0;
-            }
-            size += len;
-            if let Some(chunk) = chunks.last_mut() {
-                chunk.push((k, v));
-            }
-        }
+        let (chunks, _) = cut(entries, |(k, v)| k.chars().count() + v.chars().count() + 4);
         self.push_chunks(name, chunks.into_iter().map(cel::map).collect());
     }
 
     /// A list literal, cut likewise; [`Tables::index`] reads it.
     fn push_list(&mut self, name: &'static str, items: Vec<String>) {
-        let mut chunks: Vec<Vec<String>> = vec![Vec::new()];
-        let mut starts = vec![0];
-        let mut size = 0;
-        for (i, item) in items.into_iter().enumerate() {
-            let len = item.chars().count() + 2;
-            if size + len > CHUNK_CODE_POINTS && !chunks.last().is_some_and(Vec::is_empty) {
-                chunks.push(Vec::new());
-                starts.push(i);
-                size = 0;
-            }
-            size += len;
-            if let Some(chunk) = chunks.last_mut() {
-                chunk.push(item);
-            }
-        }
+        let (chunks, starts) = cut(items, |item| item.chars().count() + 2);
         self.list_starts.push((name, starts));
         self.push_chunks(name, chunks.into_iter().map(cel::list).collect());
     }
@@ -199,8 +173,7 @@ impl Tables {
 
     fn deepen<'k>(&mut self, keys: impl IntoIterator<Item = &'k str>) {
         for key in keys {
-            let repo = key.split_once('|').map_or(key, |(_, r)| r);
-            self.max_depth = self.max_depth.max(repo.matches('/').count());
+            self.max_depth = self.max_depth.max(key.matches('/').count());
         }
     }
 
@@ -221,12 +194,37 @@ impl Tables {
     }
 }
 
+/// `items` in runs whose literal stays under [`CHUNK_CODE_POINTS`] (an item
+/// longer than that is a run of its own), with the index each run starts at.
+fn cut<T>(items: Vec<T>, len: impl Fn(&T) -> usize) -> (Vec<Vec<T>>, Vec<usize>) {
+    let mut chunks: Vec<Vec<T>> = vec![Vec::new()];
+    let mut starts = vec![0];
+    let mut size = 0;
+    for (i, item) in items.into_iter().enumerate() {
+        let item_len = len(&item);
+        if size + item_len > CHUNK_CODE_POINTS && !chunks.last().is_some_and(Vec::is_empty) {
+            chunks.push(Vec::new());
+            starts.push(i);
+            size = 0;
+        }
+        size += item_len;
+        if let Some(chunk) = chunks.last_mut() {
+            chunk.push(item);
+        }
+    }
+    (chunks, starts)
+}
+
 /// One covering rule as the program reads it, a list of strings:
 /// `[candidate, kind, target domain, target path, target path + '/' (or ''),
 /// source path, token, digests, rule index]` (the `ENTRY_*` indexes).
 fn entry(rules: &[Rule], rank: i64, id: usize) -> String {
     let rule = &rules[id];
-    let (domain, path) = rule.transform.target().unwrap_or_default_prefix();
+    let (domain, path) = rule
+        .transform
+        .target()
+        .map(|t| (t.domain, t.path))
+        .unwrap_or_default();
     let token = match &rule.transform {
         Transform::Join { token, .. } => token.as_str(),
         _ => "",
@@ -278,8 +276,7 @@ fn bucket_entries(
         .collect()
 }
 
-/// Builds the tables; `names` are the rule names as JSON strings (for the
-/// audit annotation).
+/// Builds the tables of `rules`, with `placeholders` (sorted) as a set.
 pub fn build(rules: &RuleSet, placeholders: &[String]) -> Tables {
     let index = rules.index();
     let mut t = Tables::default();
@@ -396,16 +393,6 @@ pub fn build(rules: &RuleSet, placeholders: &[String]) -> Tables {
         }
     }
     t
-}
-
-trait TargetParts {
-    fn unwrap_or_default_prefix(self) -> (String, String);
-}
-
-impl TargetParts for Option<crate::rules::RepoPrefix> {
-    fn unwrap_or_default_prefix(self) -> (String, String) {
-        self.map(|t| (t.domain, t.path)).unwrap_or_default()
-    }
 }
 
 fn kind_number(t: &Transform) -> i64 {

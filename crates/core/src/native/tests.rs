@@ -52,9 +52,25 @@ fn global_audit_mode_has_no_mutation() {
     .unwrap();
     assert_eq!(objects.len(), 2);
     assert_eq!(objects[0]["kind"], "ValidatingAdmissionPolicy");
-    let vars = objects[0]["spec"]["variables"].as_array().unwrap();
-    let auditing = vars.iter().find(|v| v["name"] == "auditing").unwrap();
-    assert_eq!(auditing["expression"], "true");
+    // Every selected namespace is audited: enforce ones too.
+    let audited = &objects[1]["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"][1];
+    assert_eq!(audited["values"], json!(["enforce", "audit"]));
+    assert_eq!(
+        objects[0]["spec"]["validations"][0]["expression"],
+        "size(variables.changes) == 0"
+    );
+}
+
+#[test]
+fn warnings_are_bound_to_audit_namespaces_only() {
+    for namespaces in [Namespaces::OptIn, Namespaces::ClusterWide] {
+        let objects = compile(&Config::embedded_default(), namespaces).unwrap();
+        let audited =
+            &objects[3]["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"];
+        assert_eq!(audited[0]["values"], json!(EXCLUDED_NAMESPACES));
+        assert_eq!(audited[1]["operator"], "In");
+        assert_eq!(audited[1]["values"], json!(["audit"]));
+    }
 }
 
 #[test]
