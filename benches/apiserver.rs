@@ -75,9 +75,8 @@ fn containers(size: usize) -> Vec<Value> {
         .collect()
 }
 
-/// What detour's webhook answers for a Pod of `size` containers.
-fn detour_patch(size: usize) -> Vec<u8> {
-    let config = detour_core::config::Config::embedded_default();
+/// What detour's webhook answers for a Pod of `size` containers under `config`.
+fn detour_patch(config: &detour_core::config::Config, size: usize) -> Vec<u8> {
     let mut ops = Vec::new();
     let mut originals = std::collections::BTreeMap::new();
     for (i, c) in containers(size).iter().enumerate() {
@@ -93,7 +92,8 @@ fn detour_patch(size: usize) -> Vec<u8> {
 }
 
 /// The ideal webhook: the precomputed patch, the uid found by a byte search.
-fn ideal_router() -> axum::Router {
+fn ideal_router(config: &std::path::Path) -> axum::Router {
+    let config = detour_core::config::Config::load(config).unwrap();
     use base64::Engine as _;
     let patches: Arc<Vec<(usize, String)>> = Arc::new(
         [3, 60]
@@ -101,7 +101,7 @@ fn ideal_router() -> axum::Router {
             .map(|&n| {
                 (
                     n,
-                    base64::engine::general_purpose::STANDARD.encode(detour_patch(n)),
+                    base64::engine::general_purpose::STANDARD.encode(detour_patch(&config, n)),
                 )
             })
             .collect(),
@@ -306,14 +306,15 @@ fn main() {
             .configuration("bench-noop", "/allow", ("bench-webhook", "noop"))
             .to_string(),
     );
-    let ideal = TestWebhook::start(ideal_router());
+    // Every subject that rewrites does it with the shipped config.
+    let config =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/base/config.yaml");
+    let ideal = TestWebhook::start(ideal_router(&config));
     cp.apply(
         &ideal
             .configuration("bench-ideal", "/ideal", ("bench-webhook", "ideal"))
             .to_string(),
     );
-    let config =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/base/config.yaml");
     let detour = Server::start(Options {
         config: Some(&config),
         log: Some("info"),
