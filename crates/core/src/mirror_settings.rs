@@ -53,6 +53,11 @@ pub struct MirrorSettings {
     /// then has another digest, so digest-pinned images are not swapped to it.
     #[serde(default)]
     pub platforms: Vec<PlatformFilter>,
+    /// Copy the signatures, attestations, SBOMs and other referrers
+    /// attached to each image with it (cosign's tags and OCI 1.1
+    /// referrers), so verifiers find them beside the rewritten image.
+    #[serde(default = "defaults::attached_artifacts")]
+    pub attached_artifacts: bool,
     #[serde(default = "defaults::blob_concurrency")]
     pub blob_concurrency: usize,
     /// Copies running at once per destination registry (webhook queue).
@@ -84,6 +89,9 @@ mod defaults {
     use std::time::Duration;
     pub fn allow_loopback_setting() -> &'static str {
         super::ALLOW_LOOPBACK_KEY
+    }
+    pub fn attached_artifacts() -> bool {
+        true
     }
     pub fn blob_concurrency() -> usize {
         6

@@ -24,6 +24,7 @@ use rustls_pki_types::CertificateDer;
 
 use super::auth::{parse_challenge, Challenge, CredentialStore};
 use super::digest::digest_of;
+use super::referrers::Descriptor;
 use super::safety::{AddressPolicy, GuardedResolver};
 use super::MirrorError;
 
@@ -31,6 +32,8 @@ use super::MirrorError;
 pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
 /// Manifests are small; a bound keeps a hostile registry from exhausting memory.
 pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
+/// Pages of a paginated list followed at most.
+pub const MAX_PAGES: usize = 100;
 const DOCKER_HUB_API: &str = "registry-1.docker.io";
 
 /// How the client reaches registries.
@@ -586,6 +589,91 @@ impl RegistryClient {
         read_limited(response, MAX_MANIFEST_BYTES, &op).await
     }
 
+    /// Every tag of the repository, across the registry's pages (at most
+    /// [`MAX_PAGES`] of them). `None` when the registry will not list them
+    /// (401, 403, 404: the repository's tags are not this client's to read).
+    pub async fn all_tags(&self, repo: &Repo) -> Result<Option<Vec<String>>, MirrorError> {
+        #[derive(serde::Deserialize)]
+        struct TagList {
+            #[serde(default)]
+            tags: Option<Vec<String>>,
+        }
+        let mut url = self.url(repo, "tags/list")?;
+        let op = format!("GET tags {repo}");
+        let mut tags = Vec::new();
+        for _ in 0..MAX_PAGES {
+            let response = self
+                .send(&Access::pull(repo), &op, true, |h| h.get(url.clone()))
+                .await?;
+            if unreadable(response.status()) {
+                return Ok(None);
+            }
+            if !response.status().is_success() {
+                return Err(MirrorError::status(&op, response).await);
+            }
+            let next = next_page(&response, &url);
+            let body = read_limited(response, MAX_MANIFEST_BYTES, &op).await?;
+            let page: TagList = serde_json::from_slice(&body)
+                .map_err(|e| MirrorError::Invalid(format!("{op}: {e}")))?;
+            tags.extend(page.tags.unwrap_or_default());
+            match next {
+                Some(next) => url = next,
+                None => return Ok(Some(tags)),
+            }
+        }
+        Err(MirrorError::Invalid(format!(
+            "{op}: more than {MAX_PAGES} pages of tags"
+        )))
+    }
+
+    /// The referrers of `digest` through the OCI 1.1 referrers API, across
+    /// its pages, optionally of one artifact type (the second value: whether
+    /// the registry applied that filter). `None` when the registry has no
+    /// such API (404, as the distribution spec has it, or 405).
+    pub async fn referrers(
+        &self,
+        repo: &Repo,
+        digest: &str,
+        artifact_type: Option<&str>,
+    ) -> Result<Option<(Vec<Descriptor>, bool)>, MirrorError> {
+        let mut url = self.url(repo, &format!("referrers/{digest}"))?;
+        if let Some(t) = artifact_type {
+            url.query_pairs_mut().append_pair("artifactType", t);
+        }
+        let op = format!("GET referrers {repo}@{digest}");
+        let mut entries = Vec::new();
+        let mut filtered = false;
+        for _ in 0..MAX_PAGES {
+            let response = self
+                .send(&Access::pull(repo), &op, true, |h| {
+                    h.get(url.clone()).header(ACCEPT, super::manifest::OCI_INDEX)
+                })
+                .await?;
+            let status = response.status();
+            if status == StatusCode::NOT_FOUND || status == StatusCode::METHOD_NOT_ALLOWED {
+                return Ok(None);
+            }
+            if !status.is_success() {
+                return Err(MirrorError::status(&op, response).await);
+            }
+            filtered |= response
+                .headers()
+                .get("oci-filters-applied")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.split(',').any(|f| f.trim() == "artifactType"));
+            let next = next_page(&response, &url);
+            let body = read_limited(response, MAX_MANIFEST_BYTES, &op).await?;
+            entries.extend(super::referrers::descriptors(&body)?);
+            match next {
+                Some(next) => url = next,
+                None => return Ok(Some((entries, filtered))),
+            }
+        }
+        Err(MirrorError::Invalid(format!(
+            "{op}: more than {MAX_PAGES} pages of referrers"
+        )))
+    }
+
     /// Starts fetching a blob; the caller streams the body.
     pub async fn get_blob(&self, repo: &Repo, digest: &str) -> Result<Response, MirrorError> {
         let url = self.url(repo, &format!("blobs/{digest}"))?;
@@ -687,6 +775,22 @@ impl RegistryClient {
             .send()
             .await;
     }
+}
+
+/// The next page a `Link` header names, on the registry that sent it (a
+/// link to another host is not followed: credentials are the registry's).
+fn next_page(response: &Response, current: &Url) -> Option<Url> {
+    let header = response.headers().get(reqwest::header::LINK)?.to_str().ok()?;
+    let next = current.join(super::referrers::next_link(header)?).ok()?;
+    (next.origin() == current.origin()).then_some(next)
+}
+
+/// Answers that mean "not this client's to read", not a failure.
+fn unreadable(status: StatusCode) -> bool {
+    matches!(
+        status,
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::NOT_FOUND
+    )
 }
 
 /// `Content-Length` as sent (for HEAD answers, whose body is empty).

@@ -6,7 +6,7 @@
 //! interrupted at any point leaves no tag pointing at missing content, and
 //! running it again finishes the job, skipping what already arrived.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -20,6 +20,9 @@ use super::MirrorError;
 use detour_core::mirror_settings::PlatformFilter;
 use detour_core::reference::Reference;
 
+mod attached;
+pub use attached::AttachedReport;
+
 #[derive(Debug, Clone)]
 pub struct CopyOptions {
     /// Blobs in flight at once.
@@ -29,6 +32,9 @@ pub struct CopyOptions {
     pub platforms: Vec<PlatformFilter>,
     /// Whole-blob retries after a connection error or 5xx mid-transfer.
     pub retries: u32,
+    /// Copy the signatures, attestations, SBOMs and other referrers
+    /// attached to each image too ([`attached`]).
+    pub attached: bool,
 }
 
 impl Default for CopyOptions {
@@ -37,6 +43,7 @@ impl Default for CopyOptions {
             blob_concurrency: 6,
             platforms: vec![],
             retries: 4,
+            attached: true,
         }
     }
 }
@@ -69,6 +76,9 @@ pub struct CopyReport {
     pub bytes_copied: u64,
     /// Index entries left out by the platform filter.
     pub platforms_dropped: u64,
+    /// What was attached to the image and travelled with it (counted in
+    /// the figures above).
+    pub attached: Vec<AttachedReport>,
 }
 
 impl CopyReport {
@@ -156,7 +166,24 @@ impl Source<'_> {
     }
 }
 
-/// What `copy_from` copies.
+/// How `index.json` lists a manifest copied into a layout.
+enum LayoutEntry {
+    /// An image or a cosign tag, by `org.opencontainers.image.ref.name`.
+    Named(String),
+    /// A referrer, found by its subject (as oras lays them out).
+    Unnamed(crate::referrers::Descriptor),
+}
+
+impl std::fmt::Display for LayoutEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LayoutEntry::Named(name) => f.write_str(name),
+            LayoutEntry::Unnamed(d) => f.write_str(&d.digest),
+        }
+    }
+}
+
+/// What `copy_image` copies.
 struct From<'a> {
     source: Source<'a>,
     /// For reports and errors.
@@ -167,16 +194,32 @@ struct From<'a> {
     media_type: Option<&'a str>,
     /// The tag when the destination names none.
     default_tag: Option<&'a str>,
+    /// Apply the platform filter (not to attached artifacts, whose
+    /// digests must not change).
+    filter_platforms: bool,
+}
+
+/// An image as copied: its report, and its digests (the top manifest's,
+/// then its children's), which artifacts may be attached to.
+struct Copied {
+    report: CopyReport,
+    digests: Vec<String>,
 }
 
 pub struct Copier {
     client: Arc<RegistryClient>,
     options: CopyOptions,
+    /// Registries (by host) known to answer the referrers API, or not.
+    referrers_api: Mutex<HashMap<String, bool>>,
 }
 
 impl Copier {
     pub fn new(client: Arc<RegistryClient>, options: CopyOptions) -> Self {
-        Copier { client, options }
+        Copier {
+            client,
+            options,
+            referrers_api: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn client(&self) -> &Arc<RegistryClient> {
@@ -206,8 +249,11 @@ impl Copier {
             reference: src_ref,
             media_type: None,
             default_tag,
+            filter_platforms: true,
         };
-        self.copy_from(from, destination, observer).await
+        let copied = self.copy_image(from, destination, observer.clone()).await?;
+        self.with_attached(copied, Source::Registry(&src), destination, observer)
+            .await
     }
 
     /// Copies image `name` of an OCI layout to `destination` (its tag, else
@@ -230,16 +276,21 @@ impl Copier {
             reference: &top.digest,
             media_type: Some(&top.media_type),
             default_tag: Some(name_tag.as_deref().unwrap_or("latest")),
+            filter_platforms: true,
         };
-        self.copy_from(from, destination, observer).await
+        let copied = self.copy_image(from, destination, observer.clone()).await?;
+        let source = Source::Layout(layout);
+        self.with_attached(copied, source, destination, observer)
+            .await
     }
 
-    async fn copy_from(
+    /// Copies one image (not what is attached to it).
+    async fn copy_image(
         &self,
         from: From<'_>,
         destination: &Reference,
         observer: Arc<dyn Observer>,
-    ) -> Result<CopyReport, MirrorError> {
+    ) -> Result<Copied, MirrorError> {
         let dst = Repo::of(destination);
         let tag = destination.tag().or(from.default_tag).map(str::to_string);
         let mut report = CopyReport {
@@ -247,10 +298,18 @@ impl Copier {
             destination: destination.to_string(),
             ..CopyReport::default()
         };
+        let platforms: &[PlatformFilter] = if from.filter_platforms {
+            &self.options.platforms
+        } else {
+            &[]
+        };
         let (top, children, dropped) = self
-            .fetch_top(from.source, from.reference, from.media_type)
+            .fetch_top(from.source, from.reference, from.media_type, platforms)
             .await?;
         report.platforms_dropped = dropped;
+        let digests: Vec<String> = std::iter::once(top.digest.clone())
+            .chain(children.iter().map(|c| c.digest.clone()))
+            .collect();
         if let Some(expected) = destination.digest() {
             if expected != top.digest {
                 return Err(MirrorError::Invalid(format!(
@@ -271,7 +330,7 @@ impl Copier {
         {
             report.manifests_skipped += 1 + children.len() as u64;
             self.tag(&dst, tag.as_deref(), &top).await?;
-            return Ok(report);
+            return Ok(Copied { report, digests });
         }
 
         // Child manifests and the blobs they need.
@@ -322,7 +381,7 @@ impl Copier {
         self.client.put_manifest(&dst, &top.digest, &top).await?;
         report.manifests_copied += 1;
         self.tag(&dst, tag.as_deref(), &top).await?;
-        Ok(report)
+        Ok(Copied { report, digests })
     }
 
     /// A child manifest of an index; nested indexes are not supported.
@@ -351,6 +410,7 @@ impl Copier {
         source: Source<'_>,
         reference: &str,
         media_type: Option<&str>,
+        platforms: &[PlatformFilter],
     ) -> Result<(ManifestBytes, Vec<Target>, u64), MirrorError> {
         let mut top = source.manifest(&self.client, reference, media_type).await?;
         let mut children: Vec<Target> = Vec::new();
@@ -358,7 +418,7 @@ impl Copier {
         if manifest::kind(&top.media_type) == Some(ManifestKind::Index) {
             children = manifest::children(&top.bytes)?;
             if let Some(manifest::FilteredIndex { bytes, kept }) =
-                manifest::filter_index(&top.bytes, &children, &self.options.platforms)?
+                manifest::filter_index(&top.bytes, &children, platforms)?
             {
                 dropped = (children.len() - kept.len()) as u64;
                 children = kept;
@@ -385,16 +445,46 @@ impl Copier {
     ) -> Result<CopyReport, MirrorError> {
         let src = Repo::of(source);
         let src_ref = source.digest().or(source.tag()).unwrap_or("latest");
-        let (top, children, dropped) = self
-            .fetch_top(Source::Registry(&src), src_ref, None)
+        let entry = LayoutEntry::Named(name.to_string());
+        let copied = self
+            .image_to_layout(&src, src_ref, layout, entry, true, observer.clone())
             .await?;
+        let mut copied = copied;
+        copied.report.source = source.to_string();
+        self.with_attached_in_layout(copied, &src, layout, name, observer)
+            .await
+    }
+
+    /// Copies one image of `src` (by tag or digest) into the layout, under
+    /// `entry` in `index.json`.
+    async fn image_to_layout(
+        &self,
+        src: &Repo,
+        src_ref: &str,
+        layout: &OciLayout,
+        entry: LayoutEntry,
+        filter_platforms: bool,
+        observer: Arc<dyn Observer>,
+    ) -> Result<Copied, MirrorError> {
+        let platforms: &[PlatformFilter] = if filter_platforms {
+            &self.options.platforms
+        } else {
+            &[]
+        };
+        let (top, children, dropped) = self
+            .fetch_top(Source::Registry(src), src_ref, None, platforms)
+            .await?;
+        let label = format!("{src}:{src_ref}");
         let mut report = CopyReport {
-            source: source.to_string(),
-            destination: name.to_string(),
+            source: label.clone(),
+            destination: entry.to_string(),
             digest: top.digest.clone(),
             platforms_dropped: dropped,
             ..CopyReport::default()
         };
+        let digests: Vec<String> = std::iter::once(top.digest.clone())
+            .chain(children.iter().map(|c| c.digest.clone()))
+            .collect();
         let mut child_manifests = Vec::new();
         let mut blobs: Vec<Target> = Vec::new();
         let mut seen = HashSet::new();
@@ -408,7 +498,7 @@ impl Copier {
                 continue;
             }
             let m = self
-                .image_manifest(&source.to_string(), Source::Registry(&src), child)
+                .image_manifest(&label, Source::Registry(src), child)
                 .await?;
             blobs.extend(manifest::blobs(&m.bytes)?);
             child_manifests.push(m);
@@ -416,7 +506,7 @@ impl Copier {
         blobs.retain(|b| seen.insert(b.digest.clone()));
         let copies: Vec<_> = blobs
             .iter()
-            .map(|blob| self.blob_to_layout(&src, layout, blob, observer.clone()))
+            .map(|blob| self.blob_to_layout(src, layout, blob, observer.clone()))
             .collect();
         let outcomes: Vec<BlobOutcome> = futures_util::stream::iter(copies)
             .buffer_unordered(self.options.blob_concurrency.max(1))
@@ -431,8 +521,11 @@ impl Copier {
                 report.manifests_copied += 1;
             }
         }
-        layout.name(name, &top)?;
-        Ok(report)
+        match entry {
+            LayoutEntry::Named(name) => layout.name(&name, &top)?,
+            LayoutEntry::Unnamed(descriptor) => layout.add_unnamed(&descriptor)?,
+        }
+        Ok(Copied { report, digests })
     }
 
     async fn blob_to_layout(

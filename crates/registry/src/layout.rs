@@ -16,6 +16,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::client::ManifestBytes;
 use super::digest::Hasher;
+use super::referrers::Descriptor;
 use super::MirrorError;
 
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
@@ -212,23 +213,62 @@ impl OciLayout {
             })
     }
 
-    /// Every named image of `index.json`: (name, descriptor).
+    /// Every named image of `index.json`: (name, descriptor). Names with
+    /// cosign's tags are not images of their own ([`Self::cosign_names`]).
     pub fn names(&self) -> Result<Vec<(String, ManifestRef)>, MirrorError> {
+        Ok(self
+            .entries()?
+            .into_iter()
+            .filter_map(|(name, at)| Some((name?, at)))
+            .filter(|(name, _)| !is_cosign_name(name))
+            .collect())
+    }
+
+    /// The entries named with cosign's tags (`REPOSITORY:sha256-<hex>.sig`):
+    /// signatures, attestations and SBOMs of the images beside them.
+    pub fn cosign_names(&self) -> Result<Vec<(String, ManifestRef)>, MirrorError> {
+        Ok(self
+            .entries()?
+            .into_iter()
+            .filter_map(|(name, at)| Some((name?, at)))
+            .filter(|(name, _)| is_cosign_name(name))
+            .collect())
+    }
+
+    /// The referrers of `subject` among the unnamed entries of `index.json`
+    /// (as oras lays them out), described as a referrers list describes them.
+    pub fn referrers_of(&self, subject: &str) -> Result<Vec<Descriptor>, MirrorError> {
+        let mut out = Vec::new();
+        for (name, at) in self.entries()? {
+            if name.is_some() || super::manifest::kind(&at.media_type).is_none() {
+                continue;
+            }
+            let manifest = self.read_manifest(&at.digest, &at.media_type)?;
+            if let Some((of, d)) =
+                super::referrers::referrer_of(&at.media_type, &at.digest, &manifest.bytes)
+            {
+                if of == subject {
+                    out.push(d);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every manifest entry of `index.json`: (its name, if any; descriptor).
+    fn entries(&self) -> Result<Vec<(Option<String>, ManifestRef)>, MirrorError> {
         let path = self.dir.join("index.json");
         let text = std::fs::read(&path).map_err(|e| io(&path, e))?;
         let index: Value = serde_json::from_slice(&text)
             .map_err(|e| MirrorError::Invalid(format!("{}: {e}", path.display())))?;
         let mut out = Vec::new();
         for m in index["manifests"].as_array().into_iter().flatten() {
-            let (Some(name), Some(digest), Some(media_type)) = (
-                m["annotations"][REF_NAME].as_str(),
-                m["digest"].as_str(),
-                m["mediaType"].as_str(),
-            ) else {
+            let (Some(digest), Some(media_type)) = (m["digest"].as_str(), m["mediaType"].as_str())
+            else {
                 continue;
             };
             out.push((
-                name.to_string(),
+                m["annotations"][REF_NAME].as_str().map(str::to_string),
                 ManifestRef {
                     digest: digest.to_string(),
                     media_type: media_type.to_string(),
@@ -529,8 +569,35 @@ impl OciLayout {
     }
 
     /// Names `top` in `index.json` as `name`, replacing an earlier image of
-    /// that name. The new index is written beside and renamed over the old.
+    /// that name.
     pub fn name(&self, name: &str, top: &ManifestBytes) -> Result<(), MirrorError> {
+        self.edit_index(|manifests| {
+            manifests.retain(|m| m["annotations"][REF_NAME] != name);
+            manifests.push(json!({
+                "mediaType": top.media_type,
+                "digest": top.digest,
+                "size": top.bytes.len(),
+                "annotations": {REF_NAME: name},
+            }));
+        })
+    }
+
+    /// Lists a referrer in `index.json` without a name (once), with the
+    /// descriptor its subject's referrers list gives it.
+    pub fn add_unnamed(&self, referrer: &Descriptor) -> Result<(), MirrorError> {
+        self.edit_index(|manifests| {
+            let listed = manifests
+                .iter()
+                .any(|m| m["digest"] == referrer.digest.as_str() && m["annotations"][REF_NAME].is_null());
+            if !listed {
+                manifests.push(serde_json::to_value(referrer).unwrap_or_default());
+            }
+        })
+    }
+
+    /// Changes the manifests of `index.json`; the new index is written
+    /// beside and renamed over the old.
+    fn edit_index(&self, edit: impl FnOnce(&mut Vec<Value>)) -> Result<(), MirrorError> {
         let path = self.dir.join("index.json");
         let text = std::fs::read(&path).map_err(|e| io(&path, e))?;
         let mut index: Value = serde_json::from_slice(&text)
@@ -538,13 +605,7 @@ impl OciLayout {
         let manifests = index["manifests"].as_array_mut().ok_or_else(|| {
             MirrorError::Invalid(format!("{}: no manifests list", path.display()))
         })?;
-        manifests.retain(|m| m["annotations"][REF_NAME] != name);
-        manifests.push(json!({
-            "mediaType": top.media_type,
-            "digest": top.digest,
-            "size": top.bytes.len(),
-            "annotations": {REF_NAME: name},
-        }));
+        edit(manifests);
         let next = self.dir.join(".index.json.next");
         std::fs::write(&next, index.to_string()).map_err(|e| io(&next, e))?;
         std::fs::rename(&next, &path).map_err(|e| io(&path, e))
@@ -552,6 +613,12 @@ impl OciLayout {
 }
 
 const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+
+/// A name whose tag is one of cosign's (`…:sha256-<hex>.sig`).
+fn is_cosign_name(name: &str) -> bool {
+    name.rsplit_once(':')
+        .is_some_and(|(_, tag)| super::referrers::parse_cosign_tag(tag).is_some())
+}
 
 /// Unpacks a tar into `into`, accepting only regular files and directories
 /// with plain relative paths.

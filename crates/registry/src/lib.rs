@@ -20,6 +20,7 @@ pub mod digest;
 pub mod layout;
 pub mod manifest;
 pub mod proxy;
+pub mod referrers;
 pub mod safety;
 
 pub use auth::{CredentialStore, Credentials};
@@ -215,5 +216,6 @@ pub fn copy_options(settings: &detour_core::config::MirrorSettings) -> CopyOptio
         blob_concurrency: settings.blob_concurrency,
         platforms: settings.platforms.clone(),
         retries: settings.retries,
+        attached: settings.attached_artifacts,
     }
 }

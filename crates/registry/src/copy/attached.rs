@@ -1,0 +1,394 @@
+//! Signatures, attestations, SBOMs and other referrers, copied beside the
+//! image they are attached to, so that a verifier that looks for them next
+//! to the rewritten image (Kyverno, sigstore's policy-controller, `cosign
+//! verify`) finds them there. Digests never change on any of detour's
+//! paths, so a copied signature stays valid.
+//!
+//! Layer: adapter, on [`Copier`]. Once an image is whole at its
+//! destination, each of its digests (the top manifest's and its
+//! children's) is looked up at the source: cosign's tags
+//! (`sha256-<hex>.sig`, `.att`, `.sbom`) among the repository's tags, and
+//! referrers through the referrers API or, on a registry without it, the
+//! fallback tag's index. Each artifact found is copied like an image, byte
+//! for byte (blobs, manifest, then tag), and then looked up in turn (a
+//! signature of an SBOM). At a destination registry without the referrers
+//! API, the fallback tag index of each subject gains what was copied (as
+//! oras and distribution's clients keep it). In a layout, cosign's tags are
+//! named like images and referrers are listed unnamed (as oras lays them
+//! out). An image with nothing attached costs one tag list per repository
+//! and one referrers request per digest (none at a registry already known
+//! not to answer the API).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use super::{Copied, Copier, CopyReport, From, LayoutEntry, Observer, Source};
+use crate::client::{ManifestBytes, Repo};
+use crate::layout::OciLayout;
+use crate::referrers::{self, Descriptor};
+use crate::MirrorError;
+use detour_core::reference::Reference;
+
+/// Artifacts followed from one image at most: a source that attaches more
+/// (or a loop of subjects) is refused rather than copied forever.
+const MAX_ATTACHED: usize = 1000;
+
+/// One artifact that travelled with an image.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AttachedReport {
+    /// The digest it is attached to (the image's, a child's, or another
+    /// artifact's).
+    pub subject: String,
+    pub digest: String,
+    /// `cosign signature`, `cosign attestation`, `cosign SBOM` or `referrer`.
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub artifact_type: Option<String>,
+    /// cosign's tag, for cosign's artifacts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// False when the destination already held it.
+    pub copied: bool,
+}
+
+/// An artifact found attached to a digest at the source.
+enum Attachment {
+    /// cosign's tag, and where a layout holds it.
+    Cosign {
+        tag: String,
+        suffix: String,
+        at: Option<crate::layout::ManifestRef>,
+    },
+    Referrer(Descriptor),
+}
+
+/// Where attached artifacts are looked up: the image's source, with what
+/// one lookup learns for the next.
+struct Lookup<'a> {
+    source: Source<'a>,
+    /// The registry repository's tags, read at the first lookup (`None`
+    /// inside: the registry will not list them).
+    tags: Option<Option<Vec<String>>>,
+    /// In a layout: the name's repository part, under which cosign's tags
+    /// of the image are named.
+    layout_repository: String,
+}
+
+impl Copier {
+    /// The image's report, with what was attached to it copied too (unless
+    /// the options say not to).
+    pub(super) async fn with_attached(
+        &self,
+        copied: Copied,
+        source: Source<'_>,
+        destination: &Reference,
+        observer: Arc<dyn Observer>,
+    ) -> Result<CopyReport, MirrorError> {
+        let Copied {
+            mut report,
+            digests,
+        } = copied;
+        if !self.options.attached {
+            return Ok(report);
+        }
+        let mut lookup = Lookup {
+            source,
+            tags: None,
+            layout_repository: match source {
+                Source::Layout(_) => repository_of(&report.source).to_string(),
+                Source::Registry(_) => String::new(),
+            },
+        };
+        let dst = Repo::of(destination);
+        let mut queue = digests;
+        let mut seen: HashSet<String> = queue.iter().cloned().collect();
+        while let Some(subject) = queue.pop() {
+            let mut fallback_entries = Vec::new();
+            for found in self.attached_to(&mut lookup, &subject).await? {
+                let (tag, kind, at, descriptor) = match found {
+                    Attachment::Cosign { tag, suffix, at } => {
+                        let kind = referrers::cosign_kind(&suffix);
+                        (Some(tag), kind, at, None)
+                    }
+                    Attachment::Referrer(d) => (None, "referrer", None, Some(d)),
+                };
+                let reference = match (&tag, &at, &descriptor) {
+                    (_, Some(at), _) => at.digest.clone(),
+                    (Some(tag), None, _) => tag.clone(),
+                    (None, _, Some(d)) => d.digest.clone(),
+                    (None, _, None) => continue,
+                };
+                let media_type = at
+                    .as_ref()
+                    .map(|a| a.media_type.clone())
+                    .or(descriptor.as_ref().map(|d| d.media_type.clone()));
+                let target = destination.with_tag_and_digest(
+                    tag.clone(),
+                    descriptor.as_ref().map(|d| d.digest.clone()),
+                );
+                let from = From {
+                    source: lookup.source,
+                    label: format!("{} ({kind} of {subject})", report.source),
+                    reference: &reference,
+                    media_type: media_type.as_deref(),
+                    default_tag: tag.as_deref(),
+                    filter_platforms: false,
+                };
+                let one = self.copy_image(from, &target, observer.clone()).await?;
+                let digest = one.report.digest.clone();
+                record(&mut report, &one.report, &subject, kind, &descriptor, tag);
+                if let Some(d) = descriptor {
+                    fallback_entries.push(d);
+                }
+                if seen.insert(digest.clone()) {
+                    if seen.len() > MAX_ATTACHED {
+                        return Err(too_many(&report.source));
+                    }
+                    queue.push(digest);
+                }
+            }
+            if !fallback_entries.is_empty() && !self.answers_referrers(&dst, &subject).await? {
+                self.update_fallback(&dst, &subject, &fallback_entries)
+                    .await?;
+            }
+        }
+        Ok(report)
+    }
+
+    /// The image's report, with what was attached to it at the source
+    /// registry copied into the layout too: cosign's tags named
+    /// `REPOSITORY:sha256-<hex>.sig` (the image's name's repository), and
+    /// referrers listed unnamed.
+    pub(super) async fn with_attached_in_layout(
+        &self,
+        copied: Copied,
+        src: &Repo,
+        layout: &OciLayout,
+        name: &str,
+        observer: Arc<dyn Observer>,
+    ) -> Result<CopyReport, MirrorError> {
+        let Copied {
+            mut report,
+            digests,
+        } = copied;
+        if !self.options.attached {
+            return Ok(report);
+        }
+        let mut lookup = Lookup {
+            source: Source::Registry(src),
+            tags: None,
+            layout_repository: String::new(),
+        };
+        let repository = repository_of(name);
+        let mut queue = digests;
+        let mut seen: HashSet<String> = queue.iter().cloned().collect();
+        while let Some(subject) = queue.pop() {
+            for found in self.attached_to(&mut lookup, &subject).await? {
+                let (reference, entry, kind, tag, descriptor) = match found {
+                    Attachment::Cosign { tag, suffix, .. } => (
+                        tag.clone(),
+                        LayoutEntry::Named(format!("{repository}:{tag}")),
+                        referrers::cosign_kind(&suffix),
+                        Some(tag),
+                        None,
+                    ),
+                    Attachment::Referrer(d) => (
+                        d.digest.clone(),
+                        LayoutEntry::Unnamed(d.clone()),
+                        "referrer",
+                        None,
+                        Some(d),
+                    ),
+                };
+                let one = self
+                    .image_to_layout(src, &reference, layout, entry, false, observer.clone())
+                    .await?;
+                let digest = one.report.digest.clone();
+                record(&mut report, &one.report, &subject, kind, &descriptor, tag);
+                if seen.insert(digest.clone()) {
+                    if seen.len() > MAX_ATTACHED {
+                        return Err(too_many(&report.source));
+                    }
+                    queue.push(digest);
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// What the source holds attached to `subject`.
+    async fn attached_to(
+        &self,
+        lookup: &mut Lookup<'_>,
+        subject: &str,
+    ) -> Result<Vec<Attachment>, MirrorError> {
+        let Some(stem) = referrers::tag_stem(subject) else {
+            return Ok(Vec::new());
+        };
+        let mut found = Vec::new();
+        match lookup.source {
+            Source::Registry(repo) => {
+                let api = self.known_api(&repo.host);
+                if api != Some(false) {
+                    match self.client.referrers(repo, subject, None).await? {
+                        Some((entries, _)) => {
+                            self.learn_api(&repo.host, true);
+                            found.extend(entries.into_iter().map(Attachment::Referrer));
+                        }
+                        None => self.learn_api(&repo.host, false),
+                    }
+                }
+                if lookup.tags.is_none() {
+                    lookup.tags = Some(self.client.all_tags(repo).await?);
+                }
+                let tags = lookup.tags.as_ref().and_then(|t| t.as_deref()).unwrap_or(&[]);
+                if self.known_api(&repo.host) == Some(false) && tags.contains(&stem) {
+                    let index = self.client.get_manifest(repo, &stem).await?;
+                    found.extend(
+                        referrers::descriptors(&index.bytes)?
+                            .into_iter()
+                            .map(Attachment::Referrer),
+                    );
+                }
+                for tag in referrers::cosign_tags(subject, tags) {
+                    let suffix = tag.rsplit('.').next().unwrap_or_default().to_string();
+                    found.push(Attachment::Cosign {
+                        tag: tag.to_string(),
+                        suffix,
+                        at: None,
+                    });
+                }
+            }
+            Source::Layout(layout) => {
+                for (name, at) in layout.cosign_names()? {
+                    let (repository, tag) = split_name(&name);
+                    let Some((digest, suffix)) = referrers::parse_cosign_tag(tag) else {
+                        continue;
+                    };
+                    if digest == subject && repository == lookup.layout_repository {
+                        found.push(Attachment::Cosign {
+                            tag: tag.to_string(),
+                            suffix: suffix.to_string(),
+                            at: Some(at),
+                        });
+                    }
+                }
+                found.extend(
+                    layout
+                        .referrers_of(subject)?
+                        .into_iter()
+                        .map(Attachment::Referrer),
+                );
+            }
+        }
+        Ok(found)
+    }
+
+    fn known_api(&self, host: &str) -> Option<bool> {
+        let known = self.referrers_api.lock().unwrap_or_else(|p| p.into_inner());
+        known.get(host).copied()
+    }
+
+    fn learn_api(&self, host: &str, answers: bool) {
+        let mut known = self.referrers_api.lock().unwrap_or_else(|p| p.into_inner());
+        known.insert(host.to_string(), answers);
+    }
+
+    /// Whether the destination registry answers the referrers API (asked
+    /// once per registry).
+    async fn answers_referrers(&self, dst: &Repo, subject: &str) -> Result<bool, MirrorError> {
+        if let Some(known) = self.known_api(&dst.host) {
+            return Ok(known);
+        }
+        let answers = self.client.referrers(dst, subject, None).await?.is_some();
+        self.learn_api(&dst.host, answers);
+        Ok(answers)
+    }
+
+    /// Adds `entries` to the fallback tag index of `subject` at `dst`.
+    async fn update_fallback(
+        &self,
+        dst: &Repo,
+        subject: &str,
+        entries: &[Descriptor],
+    ) -> Result<(), MirrorError> {
+        let Some(stem) = referrers::tag_stem(subject) else {
+            return Ok(());
+        };
+        let existing = match self.client.manifest_digest(dst, &stem).await? {
+            Some(_) => Some(self.client.get_manifest(dst, &stem).await?.bytes),
+            None => None,
+        };
+        let Some(bytes) = referrers::merge_fallback(existing.as_deref(), entries)? else {
+            return Ok(());
+        };
+        let index = ManifestBytes {
+            media_type: crate::manifest::OCI_INDEX.to_string(),
+            digest: crate::digest::digest_of(&bytes, None)?,
+            bytes: bytes.into(),
+        };
+        self.client.put_manifest(dst, &stem, &index).await
+    }
+}
+
+/// Adds one artifact's copy to the image's report.
+fn record(
+    report: &mut CopyReport,
+    one: &CopyReport,
+    subject: &str,
+    kind: &str,
+    descriptor: &Option<Descriptor>,
+    tag: Option<String>,
+) {
+    report.add(one);
+    report.attached.push(AttachedReport {
+        subject: subject.to_string(),
+        digest: one.digest.clone(),
+        kind: kind.to_string(),
+        artifact_type: descriptor.as_ref().and_then(|d| d.artifact_type.clone()),
+        tag,
+        copied: one.manifests_copied > 0,
+    });
+}
+
+fn too_many(image: &str) -> MirrorError {
+    MirrorError::Invalid(format!(
+        "{image}: more than {MAX_ATTACHED} artifacts attached; not copied (copy it with --no-attached-artifacts)"
+    ))
+}
+
+/// `registry/repo:tag` → (`registry/repo`, `tag`); a name with no tag is
+/// all repository.
+fn split_name(name: &str) -> (&str, &str) {
+    let name = name.split('@').next().unwrap_or(name);
+    match name.rsplit_once(':') {
+        Some((repository, tag)) if !tag.contains('/') => (repository, tag),
+        _ => (name, ""),
+    }
+}
+
+/// The repository part of an image's name in a layout.
+fn repository_of(name: &str) -> &str {
+    split_name(name).0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_name;
+
+    #[test]
+    fn layout_names_split_into_repository_and_tag() {
+        assert_eq!(
+            split_name("registry.k8s.io/pause:3.10"),
+            ("registry.k8s.io/pause", "3.10")
+        );
+        assert_eq!(split_name("localhost:5000/a/b"), ("localhost:5000/a/b", ""));
+        assert_eq!(
+            split_name("localhost:5000/a:sha256-00.sig"),
+            ("localhost:5000/a", "sha256-00.sig")
+        );
+        assert_eq!(split_name("a/b@sha256:00"), ("a/b", ""));
+        assert_eq!(split_name("a/b:v1@sha256:00"), ("a/b", "v1"));
+    }
+}
