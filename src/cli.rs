@@ -183,6 +183,10 @@ pub struct MirrorArgs {
     /// Blobs copied at once.
     #[arg(long, value_name = "N")]
     pub concurrency: Option<usize>,
+    /// Copy the images alone, without the signatures, attestations, SBOMs and other
+    /// referrers attached to them (cosign's tags, OCI 1.1 referrers), which travel by default.
+    #[arg(long)]
+    pub no_attached_artifacts: bool,
     /// Text summary, or one JSON report per image.
     #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,

@@ -315,6 +315,9 @@ pub fn settings(args: &MirrorArgs, config: &Config) -> MirrorSettings {
     if let Some(n) = args.concurrency {
         s.blob_concurrency = n.clamp(1, 64);
     }
+    if args.no_attached_artifacts {
+        s.attached_artifacts = false;
+    }
     s
 }
 
@@ -474,13 +477,29 @@ async fn run_plan(
 }
 
 fn describe(r: &CopyReport, seconds: f64) -> String {
-    format!(
+    let mut text = format!(
         "copied {} -> {} ({}): {}",
         r.source,
         r.destination,
         r.digest,
         counts(r, seconds)
-    )
+    );
+    // What travelled with the image, one line each.
+    for a in &r.attached {
+        let what = a
+            .tag
+            .as_deref()
+            .or(a.artifact_type.as_deref())
+            .unwrap_or("");
+        text.push_str(&format!(
+            "\n  with {} {} ({what}) of {}{}",
+            a.kind,
+            a.digest,
+            a.subject,
+            if a.copied { "" } else { ", already there" }
+        ));
+    }
+    text
 }
 
 fn counts(r: &CopyReport, seconds: f64) -> String {

@@ -19,7 +19,7 @@ use super::clients::{ClientLimit, Htpasswd};
 use super::error::ProxyError;
 use super::metrics::{ProxyMetrics, RefusalLabels};
 use super::route::{RouteError, Target};
-use super::service::{BlobAnswer, ByteRange, ManifestAnswer, Proxy};
+use super::service::{BlobAnswer, ByteRange, ManifestAnswer, Proxy, ReferrersAnswer};
 
 const API_VERSION: (&str, &str) = ("docker-distribution-api-version", "registry/2.0");
 
@@ -161,6 +161,21 @@ async fn handle(
             Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
             Err(e) => proxy_error(e, "NAME_UNKNOWN"),
         },
+        Target::Referrers(digest) => {
+            let artifact_type = query.and_then(|q| crate::route::query_param(q, "artifactType"));
+            match proxy
+                .referrers(
+                    route.upstream,
+                    &route.repository,
+                    digest,
+                    artifact_type.as_deref(),
+                )
+                .await
+            {
+                Ok(answer) => referrers_response(answer, head),
+                Err(e) => proxy_error(e, "NAME_UNKNOWN"),
+            }
+        }
         Target::Upload => unsupported(),
     };
     with_api_version(response)
@@ -188,6 +203,23 @@ fn manifest_response(answer: ManifestAnswer, head: bool) -> Response {
         Body::from(answer.bytes)
     };
     builder.body(body).unwrap_or_else(|_| internal())
+}
+
+/// A referrers list: an OCI index, saying whether it was filtered by
+/// artifact type, as the distribution spec has it.
+fn referrers_response(answer: ReferrersAnswer, head: bool) -> Response {
+    let filtered = answer.filtered;
+    let mut response = manifest_response(answer.index, head);
+    let headers = response.headers_mut();
+    headers.remove("docker-content-digest");
+    headers.remove(header::ETAG);
+    if filtered {
+        headers.insert(
+            "oci-filters-applied",
+            HeaderValue::from_static("artifactType"),
+        );
+    }
+    response
 }
 
 fn blob_head(digest: &str, size: u64) -> Response {

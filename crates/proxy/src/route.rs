@@ -27,6 +27,8 @@ pub enum Target {
     Blob(String),
     /// `/tags/list`
     TagList,
+    /// `/referrers/<digest>`: the OCI 1.1 referrers API.
+    Referrers(String),
     /// `/blobs/uploads/…`: pushing, which a pull-through proxy refuses.
     Upload,
 }
@@ -211,11 +213,17 @@ fn split_target(rest: &str) -> Result<(&str, Target), RouteError> {
     };
     match kind {
         "manifests" => Ok((name, Target::Manifest(parse_reference(reference)?))),
-        "blobs" => {
+        "blobs" | "referrers" => {
             if !is_digest(reference) {
                 return Err(RouteError::InvalidDigest(reference.to_string()));
             }
-            Ok((name, Target::Blob(reference.to_string())))
+            let digest = reference.to_string();
+            let target = if kind == "blobs" {
+                Target::Blob(digest)
+            } else {
+                Target::Referrers(digest)
+            };
+            Ok((name, target))
         }
         _ => Err(RouteError::NotApi),
     }
@@ -280,8 +288,13 @@ fn strip_port(host: &str) -> &str {
 /// in Go, whose `url.Values` sends `ns=127.0.0.1%3A5000` for an upstream
 /// with a port). `None` when absent or empty.
 pub fn ns_param(query: &str) -> Option<String> {
+    query_param(query, "ns")
+}
+
+/// A query parameter, decoded; `None` when absent or empty.
+pub fn query_param(query: &str, name: &str) -> Option<String> {
     form_urlencoded::parse(query.as_bytes())
-        .find(|(key, _)| key == "ns")
+        .find(|(key, _)| key == name)
         .map(|(_, value)| value.into_owned())
         .filter(|value| !value.is_empty())
 }

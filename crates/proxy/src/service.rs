@@ -17,6 +17,8 @@ use super::fill::{self, BlobBody, FillTask, Fills, Follower, Progress};
 use super::metrics::{CacheLabels, FetchLabels, ProxyMetrics};
 use super::route::{Reference, Router};
 use super::store::{Store, StoredManifest};
+use detour_registry::manifest::OCI_INDEX;
+use detour_registry::referrers;
 use detour_registry::{MirrorError, RegistryClient, Repo};
 
 /// Bytes from the upstream handed to the writer at once.
@@ -41,6 +43,15 @@ impl ManifestAnswer {
             stale,
         }
     }
+}
+
+/// A referrers list to send.
+#[derive(Debug, Clone)]
+pub struct ReferrersAnswer {
+    /// The list, an OCI index (`stale` when served past its TTL).
+    pub index: ManifestAnswer,
+    /// Only the entries of the artifact type asked for.
+    pub filtered: bool,
 }
 
 /// A blob (or a range of it) to send.
@@ -578,6 +589,141 @@ impl Proxy {
             tracing::info!(entries, bytes, "evicted least recently used cache entries");
         }
         self.metrics.cache_bytes.set(self.store.size() as i64);
+    }
+
+    /// The referrers of `digest` (the OCI 1.1 referrers API), for every
+    /// client whatever its upstream answers: the upstream's referrers API
+    /// when it has one, else its fallback tag's index (`sha256-<hex>`), else
+    /// an empty list. Cached like a tag (fresh for the tag TTL, served
+    /// stale when the upstream cannot be reached), under a name no tag can
+    /// have; filtered by artifact type here, so one cached list answers
+    /// every filter.
+    pub async fn referrers(
+        &self,
+        upstream: usize,
+        repository: &str,
+        digest: &str,
+        artifact_type: Option<&str>,
+    ) -> Result<ReferrersAnswer, ProxyError> {
+        let Some(stem) = referrers::tag_stem(digest) else {
+            return Err(ProxyError::NotFound(format!("{digest}: not a digest")));
+        };
+        let cached_as = Reference::Tag(format!("-referrers-{stem}"));
+        let index = match self
+            .cached_manifest(upstream, repository, &cached_as, false)
+            .await
+        {
+            Some(answer) => {
+                self.count(upstream, "referrers", "hit");
+                answer
+            }
+            None => {
+                self.count(upstream, "referrers", "miss");
+                match self
+                    .fetch_referrers(upstream, repository, digest, &stem)
+                    .await
+                {
+                    Ok(entries) => {
+                        self.store_referrers(upstream, repository, &cached_as, &entries)
+                            .await
+                    }
+                    Err(ProxyError::Unavailable(why)) => {
+                        let stale = self
+                            .cached_manifest(upstream, repository, &cached_as, true)
+                            .await;
+                        match stale {
+                            Some(answer) => {
+                                self.count(upstream, "referrers", "stale");
+                                tracing::warn!(upstream = self.router.host(upstream), repository, digest, error = %why, "upstream unreachable: serving cached referrers past their TTL");
+                                answer
+                            }
+                            None => return Err(ProxyError::Unavailable(why)),
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        let Some(wanted) = artifact_type else {
+            return Ok(ReferrersAnswer {
+                index,
+                filtered: false,
+            });
+        };
+        let entries =
+            referrers::descriptors(&index.bytes).map_err(|e| ProxyError::Cache(e.to_string()))?;
+        let bytes = Bytes::from(referrers::index_of(&referrers::filtered(entries, wanted)));
+        Ok(ReferrersAnswer {
+            index: ManifestAnswer {
+                digest: detour_registry::digest::digest_of(&bytes, None)
+                    .map_err(|e| ProxyError::Cache(e.to_string()))?,
+                bytes,
+                ..index
+            },
+            filtered: true,
+        })
+    }
+
+    /// The upstream's referrers of `digest`: through its referrers API, or
+    /// from its fallback tag `stem`.
+    async fn fetch_referrers(
+        &self,
+        upstream: usize,
+        repository: &str,
+        digest: &str,
+        stem: &str,
+    ) -> Result<Vec<referrers::Descriptor>, ProxyError> {
+        let repo = self.repo(upstream, repository);
+        self.count_fetch(upstream, "referrers");
+        match self.client.referrers(&repo, digest, None).await {
+            Ok(Some((entries, _))) => Ok(entries),
+            Ok(None) => {
+                let fallback = Reference::Tag(stem.to_string());
+                match self.manifest(upstream, repository, &fallback).await {
+                    Ok(index) => referrers::descriptors(&index.bytes)
+                        .map_err(|e| ProxyError::Upstream(format!("{repo}:{stem}: {e}"))),
+                    Err(ProxyError::NotFound(_)) => Ok(Vec::new()),
+                    Err(e) => Err(e),
+                }
+            }
+            Err(e) => {
+                self.count_error(upstream, &e);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Keeps a referrers list as a manifest, named by `cached_as`.
+    async fn store_referrers(
+        &self,
+        upstream: usize,
+        repository: &str,
+        cached_as: &Reference,
+        entries: &[referrers::Descriptor],
+    ) -> ManifestAnswer {
+        let bytes = Bytes::from(referrers::index_of(entries));
+        let digest = detour_registry::digest::digest_of(&bytes, None).unwrap_or_default();
+        let stored = async {
+            self.store.put_manifest(&digest, OCI_INDEX, &bytes).await?;
+            self.store
+                .put_tag(
+                    self.router.host(upstream),
+                    repository,
+                    cached_as.as_str(),
+                    &digest,
+                )
+                .await
+        };
+        if let Err(e) = stored.await {
+            tracing::error!(error = %e, "cannot store a referrers list; serving it uncached");
+        }
+        self.after_store().await;
+        ManifestAnswer {
+            media_type: OCI_INDEX.to_string(),
+            digest,
+            bytes,
+            stale: false,
+        }
     }
 
     /// A page of an upstream repository's tags, not cached.

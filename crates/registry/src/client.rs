@@ -646,7 +646,8 @@ impl RegistryClient {
         for _ in 0..MAX_PAGES {
             let response = self
                 .send(&Access::pull(repo), &op, true, |h| {
-                    h.get(url.clone()).header(ACCEPT, super::manifest::OCI_INDEX)
+                    h.get(url.clone())
+                        .header(ACCEPT, super::manifest::OCI_INDEX)
                 })
                 .await?;
             let status = response.status();
@@ -780,7 +781,11 @@ impl RegistryClient {
 /// The next page a `Link` header names, on the registry that sent it (a
 /// link to another host is not followed: credentials are the registry's).
 fn next_page(response: &Response, current: &Url) -> Option<Url> {
-    let header = response.headers().get(reqwest::header::LINK)?.to_str().ok()?;
+    let header = response
+        .headers()
+        .get(reqwest::header::LINK)?
+        .to_str()
+        .ok()?;
     let next = current.join(super::referrers::next_link(header)?).ok()?;
     (next.origin() == current.origin()).then_some(next)
 }

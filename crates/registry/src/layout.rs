@@ -586,9 +586,9 @@ impl OciLayout {
     /// descriptor its subject's referrers list gives it.
     pub fn add_unnamed(&self, referrer: &Descriptor) -> Result<(), MirrorError> {
         self.edit_index(|manifests| {
-            let listed = manifests
-                .iter()
-                .any(|m| m["digest"] == referrer.digest.as_str() && m["annotations"][REF_NAME].is_null());
+            let listed = manifests.iter().any(|m| {
+                m["digest"] == referrer.digest.as_str() && m["annotations"][REF_NAME].is_null()
+            });
             if !listed {
                 manifests.push(serde_json::to_value(referrer).unwrap_or_default());
             }

@@ -242,7 +242,11 @@ impl Copier {
                 if lookup.tags.is_none() {
                     lookup.tags = Some(self.client.all_tags(repo).await?);
                 }
-                let tags = lookup.tags.as_ref().and_then(|t| t.as_deref()).unwrap_or(&[]);
+                let tags = lookup
+                    .tags
+                    .as_ref()
+                    .and_then(|t| t.as_deref())
+                    .unwrap_or(&[]);
                 if self.known_api(&repo.host) == Some(false) && tags.contains(&stem) {
                     let index = self.client.get_manifest(repo, &stem).await?;
                     found.extend(

@@ -36,7 +36,10 @@ fn cosign_tags_are_found_by_digest_and_read_back() {
     assert_eq!(tag_stem(&digest()), Some(stem.clone()));
     assert_eq!(tag_stem("sha256:"), None);
     assert_eq!(tag_stem("SHA256:ab"), None);
-    assert_eq!(parse_cosign_tag(&format!("{stem}.att")), Some((digest(), "att")));
+    assert_eq!(
+        parse_cosign_tag(&format!("{stem}.att")),
+        Some((digest(), "att"))
+    );
     assert_eq!(parse_cosign_tag(&stem), None);
     assert_eq!(parse_cosign_tag(&format!("{stem}.zip")), None);
     assert_eq!(parse_cosign_tag("v1.2.sig"), None);
@@ -98,7 +101,10 @@ fn a_referrer_is_described_by_its_artifact_type_else_its_config() {
 fn artifact_type_filtering_and_pagination_links() {
     let list = vec![
         entry("sha256:aa", Some("application/spdx+json")),
-        entry("sha256:bb", Some("application/vnd.dev.sigstore.bundle.v0.3+json")),
+        entry(
+            "sha256:bb",
+            Some("application/vnd.dev.sigstore.bundle.v0.3+json"),
+        ),
         entry("sha256:cc", None),
     ];
     let only = filtered(list, "application/spdx+json");
