@@ -34,8 +34,31 @@ pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     out
 }
 
+/// Which registry server runs.
+#[derive(Default, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Server {
+    /// Debian's `docker-registry` (distribution 2.8).
+    #[default]
+    Debian,
+    /// distribution v3 (built by tests/oci/build.sh): fallback tags only,
+    /// no referrers API.
+    DistributionV3,
+    /// go-containerregistry's registry with the referrers API (built by
+    /// tests/oci/build.sh), in memory.
+    Referrers,
+}
+
+/// A tool that tests/oci/build.sh builds (tests/run.sh exports its directory).
+pub fn oci_tool(name: &str) -> PathBuf {
+    let dir = std::env::var_os("DETOUR_OCI_BIN").expect(
+        "DETOUR_OCI_BIN is not set: run the tests with `bash tests/run.sh`, or export DETOUR_OCI_BIN=$(bash tests/oci/build.sh)",
+    );
+    Path::new(&dir).join(name)
+}
+
 #[derive(Default, Clone)]
 pub struct RegistryOptions {
+    pub server: Server,
     /// TLS with a throwaway CA (written by `detour certs`) and htpasswd auth.
     pub secure: bool,
     /// Bearer token auth: (realm, certificate bundle of the token signer).
@@ -123,9 +146,17 @@ impl Registry {
     }
 
     fn spawn(&mut self) {
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(self.dir.path().join("config.yml"))
+        let mut command = match self.options.server {
+            Server::Debian => Command::new("docker-registry"),
+            Server::DistributionV3 => Command::new(oci_tool("registry-v3")),
+            Server::Referrers => Command::new(oci_tool("referrers-registry")),
+        };
+        if self.options.server == Server::Referrers {
+            command.arg("-addr").arg(self.host());
+        } else {
+            command.arg("serve").arg(self.dir.path().join("config.yml"));
+        }
+        let child = command
             .stdout(
                 std::fs::File::options()
                     .create(true)
@@ -135,7 +166,7 @@ impl Registry {
             )
             .stderr(std::fs::File::create(self.dir.path().join("registry.log")).unwrap())
             .spawn()
-            .expect("docker-registry is installed");
+            .unwrap_or_else(|e| panic!("{:?} registry: {e}", self.options.server));
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {

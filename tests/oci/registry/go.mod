@@ -1,0 +1,5 @@
+module detour.test/registry
+
+go 1.26.8
+
+require github.com/google/go-containerregistry v0.22.1
