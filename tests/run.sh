@@ -15,6 +15,10 @@
 # - versitygw (an S3-compatible server over a directory), built from the Go
 #   module pinned in tests/s3/go.mod into $CARGO_TARGET_DIR/s3, for the
 #   shared-cache tests of `detour proxy`.
+# - cosign, oras, distribution v3 (a registry without the referrers API)
+#   and a registry that answers it (on go-containerregistry), built from the
+#   Go modules pinned under tests/oci into $CARGO_TARGET_DIR/oci, for the
+#   tests of signatures and referrers travelling with copies.
 # - The layering check (tests/architecture.py: which crate may depend on
 #   which, nothing async or networked under detour-core, no module cycles).
 # - Then `cargo test --workspace --locked`, with any arguments given to this
@@ -62,6 +66,10 @@ export PATH="$DETOUR_KUBE_BIN:$PATH"
 # built from a pinned Go module.
 DETOUR_S3_SERVER="$(bash tests/s3/build.sh)"
 export DETOUR_S3_SERVER
+# cosign, oras, distribution v3 and a registry with the referrers API, for
+# the attached-artifacts tests, likewise.
+DETOUR_OCI_BIN="$(bash tests/oci/build.sh)"
+export DETOUR_OCI_BIN
 
 python3 tests/architecture.py
 cargo test --workspace --locked "$@"

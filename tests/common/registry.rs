@@ -36,7 +36,7 @@ pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
 
 /// Which registry server runs.
 #[derive(Default, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Server {
+pub enum RegistryServer {
     /// Debian's `docker-registry` (distribution 2.8).
     #[default]
     Debian,
@@ -58,7 +58,7 @@ pub fn oci_tool(name: &str) -> PathBuf {
 
 #[derive(Default, Clone)]
 pub struct RegistryOptions {
-    pub server: Server,
+    pub server: RegistryServer,
     /// TLS with a throwaway CA (written by `detour certs`) and htpasswd auth.
     pub secure: bool,
     /// Bearer token auth: (realm, certificate bundle of the token signer).
@@ -147,11 +147,11 @@ impl Registry {
 
     fn spawn(&mut self) {
         let mut command = match self.options.server {
-            Server::Debian => Command::new("docker-registry"),
-            Server::DistributionV3 => Command::new(oci_tool("registry-v3")),
-            Server::Referrers => Command::new(oci_tool("referrers-registry")),
+            RegistryServer::Debian => Command::new("docker-registry"),
+            RegistryServer::DistributionV3 => Command::new(oci_tool("registry-v3")),
+            RegistryServer::Referrers => Command::new(oci_tool("referrers-registry")),
         };
-        if self.options.server == Server::Referrers {
+        if self.options.server == RegistryServer::Referrers {
             command.arg("-addr").arg(self.host());
         } else {
             command.arg("serve").arg(self.dir.path().join("config.yml"));
@@ -279,6 +279,21 @@ impl Registry {
             "push manifest: {}",
             response.text().await.unwrap()
         );
+    }
+
+    /// A manifest (by tag or digest), as JSON.
+    pub async fn manifest_bytes(&self, repo: &str, reference: &str) -> Value {
+        let response = self
+            .auth(
+                self.http()
+                    .get(format!("{}/{repo}/manifests/{reference}", self.base())),
+            )
+            .header("accept", detour_registry::client::MANIFEST_ACCEPT)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{repo}:{reference}");
+        response.json().await.unwrap()
     }
 
     /// HTTP status of a manifest HEAD (200 present, 404 absent).

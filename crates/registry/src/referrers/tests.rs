@@ -57,7 +57,10 @@ fn the_fallback_index_gains_only_what_it_lacks_and_keeps_unknown_fields() {
     assert_eq!(value["mediaType"], OCI_INDEX);
     assert_eq!(value["schemaVersion"], 2);
     assert_eq!(descriptors(&first).unwrap(), vec![a.clone()]);
-    assert_eq!(merge_fallback(Some(&first), &[a.clone()]).unwrap(), None);
+    assert_eq!(
+        merge_fallback(Some(&first), std::slice::from_ref(&a)).unwrap(),
+        None
+    );
     let second = merge_fallback(Some(&first), &[b.clone(), a.clone()])
         .unwrap()
         .expect("b added");
