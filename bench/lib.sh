@@ -13,13 +13,15 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # start_registry NAME -> prints host:port; storage under $WORK/NAME
+# (ACCESS_LOG=1: requests logged to $WORK/NAME.log)
 start_registry() {
-  local name="$1" port
+  local name="$1" port quiet=true
+  [[ "${ACCESS_LOG:-0}" == 1 ]] && quiet=false
   port="$(free_port)"
   mkdir -p "$WORK/$name/storage"
   cat >"$WORK/$name/config.yml" <<YAML
 version: 0.1
-log: {level: error, accesslog: {disabled: true}}
+log: {level: error, accesslog: {disabled: $quiet}}
 storage: {filesystem: {rootdirectory: $WORK/$name/storage}, delete: {enabled: true}}
 http: {addr: "127.0.0.1:$port", secret: bench}
 YAML
