@@ -1,20 +1,13 @@
-# Multi-stage build of a static (musl) detour binary on an empty base image.
-#   docker build -t detour:0.1.0 .
-FROM rust:1-alpine AS build
-RUN apk add --no-cache musl-dev
-WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
-COPY src ./src
-COPY crates ./crates
-COPY benches ./benches
-COPY bench ./bench
-RUN cargo build --release --locked --bin detour \
- && strip target/release/detour
-
+# detour's image for those who build with Docker, from the same static
+# binary and root file system that dist/image.sh writes as an OCI archive
+# without Docker (README "Install"):
+#   bash dist/image.sh && docker build -t detour:0.1.0 .
+# Empty base: the binary (static), CA certificates, passwd naming 65532.
 FROM scratch
-COPY --from=build /src/target/release/detour /detour
+COPY dist/rootfs/ /
 # Non-root, matching the Deployment's runAsUser; no shell, no package manager.
 USER 65532:65532
-EXPOSE 8443 8080
+ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
+EXPOSE 8443 8080 5443
 ENTRYPOINT ["/detour"]
 CMD ["serve"]
