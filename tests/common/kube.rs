@@ -133,6 +133,7 @@ rules:
     resources:
       - {group: "", resources: ["pods", "secrets"]}
       - {group: "admissionregistration.k8s.io", resources: ["mutatingwebhookconfigurations"]}
+      - {group: "apps", resources: ["deployments"]}
   - level: None
 "#;
 
