@@ -171,6 +171,22 @@ fn lint_and_every_combination_is_accepted_by_the_apiserver() {
     }
 }
 
+/// `helm install detour` of the chart into `namespace` (created).
+fn install(cp: &ControlPlane, namespace: &str, sets: &[&str]) {
+    let mut args = vec![
+        "install",
+        "detour",
+        &*CHART,
+        "-n",
+        namespace,
+        "--create-namespace",
+    ];
+    for set in sets {
+        args.extend(["--set", set]);
+    }
+    helm_ok(cp, &args);
+}
+
 /// The MutatingWebhookConfiguration `detour`, or `None`.
 fn webhook_configuration(cp: &ControlPlane) -> Option<Value> {
     let out = cp.kubectl(&[
@@ -190,17 +206,7 @@ fn install_upgrade_rollback_and_uninstall() {
     let _turn = serial();
     let cp = control_plane();
     let namespace = "detour-release";
-    helm_ok(
-        cp,
-        &[
-            "install",
-            "detour",
-            &CHART,
-            "-n",
-            namespace,
-            "--create-namespace",
-        ],
-    );
+    install(cp, namespace, &[]);
     let deployment = cp.get(&["deployment", "detour", "-n", namespace]);
     let image = deployment["spec"]["template"]["spec"]["containers"][0]["image"].clone();
     assert_eq!(image, "ghcr.io/detour-dev/detour:0.1.0");
@@ -323,19 +329,7 @@ fn helm_test_creates_a_pod_that_native_mode_rewrites() {
     let _turn = serial();
     let cp = control_plane();
     let namespace = "detour-native";
-    helm_ok(
-        cp,
-        &[
-            "install",
-            "detour",
-            &CHART,
-            "-n",
-            namespace,
-            "--create-namespace",
-            "--set",
-            "mode=native",
-        ],
-    );
+    install(cp, namespace, &["mode=native"]);
     let policy = cp.get(&["mutatingadmissionpolicy", "detour"]);
     assert_eq!(
         policy["metadata"]["labels"]["app.kubernetes.io/instance"],

@@ -252,7 +252,8 @@ impl Copier {
             filter_platforms: true,
         };
         let copied = self.copy_image(from, destination, observer.clone()).await?;
-        self.with_attached(copied, Source::Registry(&src), destination, observer)
+        let beside = attached::Beside::Registry(destination);
+        self.with_attached(copied, Source::Registry(&src), beside, observer)
             .await
     }
 
@@ -279,8 +280,8 @@ impl Copier {
             filter_platforms: true,
         };
         let copied = self.copy_image(from, destination, observer.clone()).await?;
-        let source = Source::Layout(layout);
-        self.with_attached(copied, source, destination, observer)
+        let beside = attached::Beside::Registry(destination);
+        self.with_attached(copied, Source::Layout(layout), beside, observer)
             .await
     }
 
@@ -451,7 +452,12 @@ impl Copier {
             .await?;
         let mut copied = copied;
         copied.report.source = source.to_string();
-        self.with_attached_in_layout(copied, &src, layout, name, observer)
+        let beside = attached::Beside::Layout {
+            layout,
+            src: &src,
+            name,
+        };
+        self.with_attached(copied, Source::Registry(&src), beside, observer)
             .await
     }
 

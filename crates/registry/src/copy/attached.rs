@@ -75,6 +75,19 @@ struct Lookup<'a> {
     layout_repository: String,
 }
 
+/// Where attached artifacts go: beside the image in its destination
+/// repository, or into the layout the image went into (from a registry).
+pub(super) enum Beside<'a> {
+    Registry(&'a Reference),
+    /// cosign's tags named `REPOSITORY:sha256-<hex>.sig`, after the
+    /// image's name; referrers listed unnamed.
+    Layout {
+        layout: &'a OciLayout,
+        src: &'a Repo,
+        name: &'a str,
+    },
+}
+
 impl Copier {
     /// The image's report, with what was attached to it copied too (unless
     /// the options say not to).
@@ -82,7 +95,7 @@ impl Copier {
         &self,
         copied: Copied,
         source: Source<'_>,
-        destination: &Reference,
+        destination: Beside<'_>,
         observer: Arc<dyn Observer>,
     ) -> Result<CopyReport, MirrorError> {
         let Copied {
@@ -100,7 +113,6 @@ impl Copier {
                 Source::Registry(_) => String::new(),
             },
         };
-        let dst = Repo::of(destination);
         let mut queue = digests;
         let mut seen: HashSet<String> = queue.iter().cloned().collect();
         while let Some(subject) = queue.pop() {
@@ -108,34 +120,56 @@ impl Copier {
             for found in self.attached_to(&mut lookup, &subject).await? {
                 let (tag, kind, at, descriptor) = match found {
                     Attachment::Cosign { tag, suffix, at } => {
-                        let kind = referrers::cosign_kind(&suffix);
-                        (Some(tag), kind, at, None)
+                        (Some(tag), referrers::cosign_kind(&suffix), at, None)
                     }
                     Attachment::Referrer(d) => (None, "referrer", None, Some(d)),
                 };
+                // A layout holds manifests by digest; a registry, tags too.
                 let reference = match (&tag, &at, &descriptor) {
                     (_, Some(at), _) => at.digest.clone(),
                     (Some(tag), None, _) => tag.clone(),
                     (None, _, Some(d)) => d.digest.clone(),
                     (None, _, None) => continue,
                 };
-                let media_type = at
-                    .as_ref()
-                    .map(|a| a.media_type.clone())
-                    .or(descriptor.as_ref().map(|d| d.media_type.clone()));
-                let target = destination.with_tag_and_digest(
-                    tag.clone(),
-                    descriptor.as_ref().map(|d| d.digest.clone()),
-                );
-                let from = From {
-                    source: lookup.source,
-                    label: format!("{} ({kind} of {subject})", report.source),
-                    reference: &reference,
-                    media_type: media_type.as_deref(),
-                    default_tag: tag.as_deref(),
-                    filter_platforms: false,
+                let one = match &destination {
+                    Beside::Registry(image) => {
+                        let media_type = at
+                            .as_ref()
+                            .map(|a| a.media_type.clone())
+                            .or(descriptor.as_ref().map(|d| d.media_type.clone()));
+                        let target = image.with_tag_and_digest(
+                            tag.clone(),
+                            descriptor.as_ref().map(|d| d.digest.clone()),
+                        );
+                        let from = From {
+                            source: lookup.source,
+                            label: format!("{} ({kind} of {subject})", report.source),
+                            reference: &reference,
+                            media_type: media_type.as_deref(),
+                            default_tag: tag.as_deref(),
+                            filter_platforms: false,
+                        };
+                        self.copy_image(from, &target, observer.clone()).await?
+                    }
+                    Beside::Layout { layout, src, name } => {
+                        let entry = match (&tag, &descriptor) {
+                            (Some(tag), _) => {
+                                LayoutEntry::Named(format!("{}:{tag}", repository_of(name)))
+                            }
+                            (None, Some(d)) => LayoutEntry::Unnamed(d.clone()),
+                            (None, None) => continue,
+                        };
+                        self.image_to_layout(
+                            src,
+                            &reference,
+                            layout,
+                            entry,
+                            false,
+                            observer.clone(),
+                        )
+                        .await?
+                    }
                 };
-                let one = self.copy_image(from, &target, observer.clone()).await?;
                 let digest = one.report.digest.clone();
                 record(&mut report, &one.report, &subject, kind, &descriptor, tag);
                 if let Some(d) = descriptor {
@@ -148,69 +182,11 @@ impl Copier {
                     queue.push(digest);
                 }
             }
-            if !fallback_entries.is_empty() && !self.answers_referrers(&dst, &subject).await? {
-                self.update_fallback(&dst, &subject, &fallback_entries)
-                    .await?;
-            }
-        }
-        Ok(report)
-    }
-
-    /// The image's report, with what was attached to it at the source
-    /// registry copied into the layout too: cosign's tags named
-    /// `REPOSITORY:sha256-<hex>.sig` (the image's name's repository), and
-    /// referrers listed unnamed.
-    pub(super) async fn with_attached_in_layout(
-        &self,
-        copied: Copied,
-        src: &Repo,
-        layout: &OciLayout,
-        name: &str,
-        observer: Arc<dyn Observer>,
-    ) -> Result<CopyReport, MirrorError> {
-        let Copied {
-            mut report,
-            digests,
-        } = copied;
-        if !self.options.attached {
-            return Ok(report);
-        }
-        let mut lookup = Lookup {
-            source: Source::Registry(src),
-            tags: None,
-            layout_repository: String::new(),
-        };
-        let repository = repository_of(name);
-        let mut queue = digests;
-        let mut seen: HashSet<String> = queue.iter().cloned().collect();
-        while let Some(subject) = queue.pop() {
-            for found in self.attached_to(&mut lookup, &subject).await? {
-                let (reference, entry, kind, tag, descriptor) = match found {
-                    Attachment::Cosign { tag, suffix, .. } => (
-                        tag.clone(),
-                        LayoutEntry::Named(format!("{repository}:{tag}")),
-                        referrers::cosign_kind(&suffix),
-                        Some(tag),
-                        None,
-                    ),
-                    Attachment::Referrer(d) => (
-                        d.digest.clone(),
-                        LayoutEntry::Unnamed(d.clone()),
-                        "referrer",
-                        None,
-                        Some(d),
-                    ),
-                };
-                let one = self
-                    .image_to_layout(src, &reference, layout, entry, false, observer.clone())
-                    .await?;
-                let digest = one.report.digest.clone();
-                record(&mut report, &one.report, &subject, kind, &descriptor, tag);
-                if seen.insert(digest.clone()) {
-                    if seen.len() > MAX_ATTACHED {
-                        return Err(too_many(&report.source));
-                    }
-                    queue.push(digest);
+            if let (Beside::Registry(image), false) = (&destination, fallback_entries.is_empty()) {
+                let dst = Repo::of(image);
+                if !self.answers_referrers(&dst, &subject).await? {
+                    self.update_fallback(&dst, &subject, &fallback_entries)
+                        .await?;
                 }
             }
         }
