@@ -8,6 +8,8 @@ COPY dist/rootfs/ /
 # Non-root, matching the Deployment's runAsUser; no shell, no package manager.
 USER 65532:65532
 ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
+# Writable for user 65532: `serve --dev` writes its certificates to ./certs.
+WORKDIR /tmp
 EXPOSE 8443 8080 5443
 ENTRYPOINT ["/detour"]
 CMD ["serve"]

@@ -74,7 +74,9 @@ def main():
             "Entrypoint": ["/detour"],
             "Cmd": ["serve"],
             "Env": ["SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt"],
-            "WorkingDir": "/",
+            # Writable for user 65532 (and a tmpfs under `podman run --read-only`):
+            # `serve --dev` writes its throwaway certificates to ./certs.
+            "WorkingDir": "/tmp",
             "ExposedPorts": {"8443/tcp": {}, "8080/tcp": {}, "5443/tcp": {}},
             "Labels": labels,
         },
