@@ -68,8 +68,12 @@ fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {kind} {name}"))
 }
 
+const LINT_TEST_NAMESPACE: &str = "detour-helm-lint";
+
 fn template(cp: &ControlPlane, namespace: &str, sets: &[&str]) -> String {
+    let test_namespace = format!("test.namespace={LINT_TEST_NAMESPACE}");
     let mut args = vec!["template", "detour", &*CHART, "--namespace", namespace];
+    args.extend(["--set", &test_namespace]);
     for set in sets {
         args.extend(["--set", set]);
     }
@@ -98,6 +102,7 @@ fn combinations() -> Vec<Vec<&'static str>> {
             all.push(set);
         }
     }
+    all.push(vec!["mode=none", "proxy.enabled=true"]);
     all.push(vec![
         "config.existingConfigMap=my-rules",
         "image.digest=sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
@@ -110,9 +115,17 @@ fn combinations() -> Vec<Vec<&'static str>> {
 
 #[test]
 fn lint_and_every_combination_is_accepted_by_the_apiserver() {
+    // The dry runs name the cluster-wide objects and the test namespace
+    // that the install tests create and delete.
+    let _turn = serial();
     let cp = control_plane();
     install_cert_manager_crds(cp);
     cp.namespace(NAMESPACE, &[]);
+    // `helm template` renders the test hook too, whose Pod goes in the
+    // namespace the hook creates first (a dry run creates nothing): one of
+    // this test's own, since namespaces are never deleted on this control
+    // plane (no namespace controller).
+    cp.namespace(LINT_TEST_NAMESPACE, &[("detour.dev/mode", "enforce")]);
     helm_ok(cp, &["lint", "--strict", &CHART]);
     for sets in combinations() {
         let mut args = vec!["lint", "--strict", &*CHART];
@@ -137,6 +150,16 @@ fn lint_and_every_combination_is_accepted_by_the_apiserver() {
                 "{kinds:?}"
             );
             assert!(!kinds.contains(&"Deployment".into()), "{kinds:?}");
+        } else if sets.contains(&"mode=none") {
+            // detour proxy alone: no admission object, no helm test.
+            for absent in [
+                "MutatingWebhookConfiguration",
+                "MutatingAdmissionPolicy",
+                "Pod",
+            ] {
+                assert!(!kinds.contains(&absent.to_string()), "{kinds:?}");
+            }
+            assert!(kinds.contains(&"Deployment".into()), "{kinds:?}");
         } else {
             assert!(kinds.contains(&"Deployment".into()), "{kinds:?}");
             assert!(
@@ -147,7 +170,8 @@ fn lint_and_every_combination_is_accepted_by_the_apiserver() {
     }
 
     // Bad values are refused by the schema (or the chart), naming the value.
-    let refusals: [(&[&str], &str); 7] = [
+    let refusals: [(&[&str], &str); 8] = [
+        (&["mode=none"], "proxy.enabled"),
         (&["mode=sidecar"], "mode"),
         (&["namespaces=some"], "namespaces"),
         (&["image.digest=sha256:xyz"], "digest"),
@@ -335,18 +359,36 @@ fn helm_test_creates_a_pod_that_native_mode_rewrites() {
         policy["metadata"]["labels"]["app.kubernetes.io/instance"],
         "detour"
     );
-    // The policy takes a moment to reach the admission chain: each run of
-    // `helm test` recreates its Pod, until one is stored rewritten. It then
-    // waits for the Pod to finish, which it cannot here (no kubelet).
+    // The policy takes a moment to reach the admission chain: a server-side
+    // dry run of a Pod in a labelled namespace says when it has.
+    cp.namespace("detour-helm-probe", &[("detour.dev/mode", "enforce")]);
     let deadline = Instant::now() + Duration::from_secs(60);
-    let pod = loop {
-        let _ = helm(cp, &["test", "detour", "-n", namespace, "--timeout", "3s"]);
-        let pod = cp.get(&["pod", "detour-test-rewrite", "-n", "detour-helm-test"]);
-        if pod["metadata"]["annotations"]["detour.dev/original-images"].is_string() {
-            break pod;
+    loop {
+        let probe = cp.kubectl_ok(&[
+            "run",
+            "probe",
+            "-n",
+            "detour-helm-probe",
+            "--dry-run=server",
+            "-o",
+            "json",
+            "--image=registry.k8s.io/pause:3.10",
+        ]);
+        let probe: Value = serde_json::from_str(&probe).unwrap();
+        if probe["spec"]["containers"][0]["image"] != "registry.k8s.io/pause:3.10" {
+            break;
         }
-        assert!(Instant::now() < deadline, "never rewritten: {pod}");
-    };
+        assert!(Instant::now() < deadline, "the policy never took effect");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // `helm test` creates its namespace and Pod, then waits for the Pod to
+    // finish, which it cannot here (no kubelet): the Pod is read as stored.
+    let _ = helm(cp, &["test", "detour", "-n", namespace, "--timeout", "3s"]);
+    let pod = cp.get(&["pod", "detour-test-rewrite", "-n", "detour-helm-test"]);
+    assert!(
+        pod["metadata"]["annotations"]["detour.dev/original-images"].is_string(),
+        "{pod}"
+    );
     assert_eq!(
         pod["spec"]["containers"][0]["image"],
         "m.daocloud.io/registry.k8s.io/e2e-test-images/busybox:1.36.1-1"
@@ -361,7 +403,6 @@ fn helm_test_creates_a_pod_that_native_mode_rewrites() {
     helm_ok(cp, &["uninstall", "detour", "-n", namespace]);
     let left = cp.kubectl(&["get", "mutatingadmissionpolicy", "detour"]);
     assert!(!left.status.success(), "the policy was removed");
-    let _ = cp.kubectl(&["delete", "namespace", "detour-helm-test", "--wait=false"]);
 }
 
 /// `kubectl kustomize` of an overlay.

@@ -52,6 +52,9 @@ detour-tls
 {{- if and (eq .Values.mode "native") (eq .Values.certificates.source "provided") -}}
 {{- fail "mode=native has no webhook and no certificate: leave certificates.source as it is" -}}
 {{- end -}}
+{{- if and (eq .Values.mode "none") (not .Values.proxy.enabled) -}}
+{{- fail "mode=none installs neither the webhook nor the policies: with it, set proxy.enabled=true (a release of detour proxy alone)" -}}
+{{- end -}}
 {{- if and (eq .Release.Namespace "kube-system") -}}
 {{- fail "install detour in a namespace of its own (e.g. --namespace detour-system --create-namespace), not kube-system" -}}
 {{- end -}}
