@@ -70,6 +70,12 @@ impl Signed {
 }
 
 async fn signed_image(src: &Registry, seed: u64) -> Signed {
+    signed(src, seed, true).await
+}
+
+/// The image signed and attested with cosign's tags, and, with
+/// `referrers`, the child's referrer signature, the SBOM and its signature.
+async fn signed(src: &Registry, seed: u64, referrers: bool) -> Signed {
     let amd = Image::new(false, &[3000, 500], seed);
     let arm = Image::new(false, &[2000], seed + 1);
     let index = src
@@ -91,15 +97,17 @@ async fn signed_image(src: &Registry, seed: u64) -> Signed {
     let sign = ["sign", "--key", &key, "--tlog-upload=false", "-y"];
     let http = "--allow-http-registry";
     ok("cosign", &[&sign[..], &[http, &at(&index)]].concat(), &[]);
-    ok(
-        "cosign",
-        &[
-            &sign[..],
-            &[http, "--registry-referrers-mode=oci-1-1", &at(&child)],
-        ]
-        .concat(),
-        &[("COSIGN_EXPERIMENTAL", "1")],
-    );
+    if referrers {
+        ok(
+            "cosign",
+            &[
+                &sign[..],
+                &[http, "--registry-referrers-mode=oci-1-1", &at(&child)],
+            ]
+            .concat(),
+            &[("COSIGN_EXPERIMENTAL", "1")],
+        );
+    }
     let predicate = keys.path().join("predicate.json");
     std::fs::write(&predicate, r#"{"builder":"detour tests"}"#).unwrap();
     ok(
@@ -119,6 +127,14 @@ async fn signed_image(src: &Registry, seed: u64) -> Signed {
         ],
         &[],
     );
+    if !referrers {
+        return Signed {
+            index,
+            child,
+            sbom: String::new(),
+            keys,
+        };
+    }
     let sbom_file = keys.path().join("sbom.spdx.json");
     std::fs::write(&sbom_file, r#"{"spdxVersion":"SPDX-2.3"}"#).unwrap();
     let attached = oras_in(
@@ -611,4 +627,40 @@ async fn the_webhook_premirrors_them_with_the_image() {
         )
         .await;
     assert_verifies(&format!("{}/mirror/{REPO}", mirror.host()), &signed);
+}
+
+/// A registry that will not let this client read its referrers API (403)
+/// still gets the image copied, with what its tags carry (cosign's
+/// signature and attestation), not a failed copy.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_referrers_api_costs_the_referrers_not_the_copy() {
+    let src = registry(RegistryServer::ReferrersRefused);
+    let dst = registry(RegistryServer::Debian);
+    // cosign cannot sign as a referrer there (it reads the API first).
+    let signed = signed(&src, 7, false).await;
+    let source = format!("{}/{REPO}:v1", src.host());
+    let target = format!("{}/copy/app:v1", dst.host());
+    let report = mirror_json(&[&source, "--to", &target], &[&src, &dst]);
+    assert_eq!(report["digest"], signed.index.as_str());
+    let mut kinds = attached_kinds(&report);
+    kinds.sort();
+    let mut expected = vec![
+        ("cosign attestation".to_string(), signed.index.clone()),
+        ("cosign signature".to_string(), signed.index.clone()),
+    ];
+    expected.sort();
+    assert_eq!(kinds, expected, "{report}");
+    let at = format!("{}/copy/app@{}", dst.host(), signed.index);
+    ok(
+        "cosign",
+        &[
+            "verify",
+            "--key",
+            &signed.public(),
+            "--insecure-ignore-tlog",
+            "--allow-http-registry",
+            &at,
+        ],
+        &[],
+    );
 }

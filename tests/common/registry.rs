@@ -46,6 +46,9 @@ pub enum RegistryServer {
     /// go-containerregistry's registry with the referrers API (built by
     /// tests/oci/build.sh), in memory.
     Referrers,
+    /// The same, answering the referrers API with 403 (as a registry that
+    /// does not let this client read it).
+    ReferrersRefused,
 }
 
 /// A tool that tests/oci/build.sh builds (tests/run.sh exports its directory).
@@ -149,9 +152,17 @@ impl Registry {
         let mut command = match self.options.server {
             RegistryServer::Debian => Command::new("docker-registry"),
             RegistryServer::DistributionV3 => Command::new(oci_tool("registry-v3")),
-            RegistryServer::Referrers => Command::new(oci_tool("referrers-registry")),
+            RegistryServer::Referrers | RegistryServer::ReferrersRefused => {
+                Command::new(oci_tool("referrers-registry"))
+            }
         };
-        if self.options.server == RegistryServer::Referrers {
+        if self.options.server == RegistryServer::ReferrersRefused {
+            command.arg("-refuse-referrers=403");
+        }
+        if matches!(
+            self.options.server,
+            RegistryServer::Referrers | RegistryServer::ReferrersRefused
+        ) {
             command.arg("-addr").arg(self.host());
         } else {
             command.arg("serve").arg(self.dir.path().join("config.yml"));

@@ -629,7 +629,8 @@ impl RegistryClient {
     /// The referrers of `digest` through the OCI 1.1 referrers API, across
     /// its pages, optionally of one artifact type (the second value: whether
     /// the registry applied that filter). `None` when the registry has no
-    /// such API (404, as the distribution spec has it, or 405).
+    /// such API (404, as the distribution spec has it, or 405), or will not
+    /// answer it (400, 401, 403): the caller then reads the fallback tag.
     pub async fn referrers(
         &self,
         repo: &Repo,
@@ -651,7 +652,10 @@ impl RegistryClient {
                 })
                 .await?;
             let status = response.status();
-            if status == StatusCode::NOT_FOUND || status == StatusCode::METHOD_NOT_ALLOWED {
+            if unreadable(status)
+                || status == StatusCode::METHOD_NOT_ALLOWED
+                || status == StatusCode::BAD_REQUEST
+            {
                 return Ok(None);
             }
             if !status.is_success() {

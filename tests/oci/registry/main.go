@@ -92,6 +92,7 @@ func (s *statusRecorder) WriteHeader(code int) {
 
 func main() {
 	addr := flag.String("addr", "127.0.0.1:5000", "listen address")
+	refuse := flag.Int("refuse-referrers", 0, "answer the referrers API with this status instead (e.g. 403)")
 	flag.Parse()
 	inner := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
 	refs := &referrers{byRepo: map[string]map[string]map[string]descriptor{}}
@@ -99,6 +100,10 @@ func main() {
 		fmt.Printf("%s %s\n", req.Method, req.URL.RequestURI())
 		name, kind, ref, ok := splitPath(req.URL.Path)
 		if ok && kind == "referrers" && req.Method == http.MethodGet {
+			if *refuse != 0 {
+				http.Error(w, `{"errors":[{"code":"DENIED"}]}`, *refuse)
+				return
+			}
 			if !strings.HasPrefix(ref, "sha256:") || len(ref) != 71 {
 				http.Error(w, `{"errors":[{"code":"DIGEST_INVALID"}]}`, http.StatusBadRequest)
 				return
