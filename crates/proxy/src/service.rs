@@ -675,8 +675,8 @@ impl Proxy {
     ) -> Result<Vec<referrers::Descriptor>, ProxyError> {
         let repo = self.repo(upstream, repository);
         self.count_fetch(upstream, "referrers");
-        match self.client.referrers(&repo, digest, None).await {
-            Ok(Some((entries, _))) => Ok(entries),
+        match self.client.referrers(&repo, digest).await {
+            Ok(Some(entries)) => Ok(entries),
             Ok(None) => {
                 let fallback = Reference::Tag(stem.to_string());
                 match self.manifest(upstream, repository, &fallback).await {

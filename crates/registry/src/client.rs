@@ -598,84 +598,83 @@ impl RegistryClient {
             #[serde(default)]
             tags: Option<Vec<String>>,
         }
-        let mut url = self.url(repo, "tags/list")?;
+        let url = self.url(repo, "tags/list")?;
         let op = format!("GET tags {repo}");
-        let mut tags = Vec::new();
-        for _ in 0..MAX_PAGES {
-            let response = self
-                .send(&Access::pull(repo), &op, true, |h| h.get(url.clone()))
-                .await?;
-            if unreadable(response.status()) {
-                return Ok(None);
-            }
-            if !response.status().is_success() {
-                return Err(MirrorError::status(&op, response).await);
-            }
-            let next = next_page(&response, &url);
-            let body = read_limited(response, MAX_MANIFEST_BYTES, &op).await?;
-            let page: TagList = serde_json::from_slice(&body)
+        self.all_pages(repo, url, &op, None, unreadable, |body| {
+            let page: TagList = serde_json::from_slice(body)
                 .map_err(|e| MirrorError::Invalid(format!("{op}: {e}")))?;
-            tags.extend(page.tags.unwrap_or_default());
-            match next {
-                Some(next) => url = next,
-                None => return Ok(Some(tags)),
-            }
-        }
-        Err(MirrorError::Invalid(format!(
-            "{op}: more than {MAX_PAGES} pages of tags"
-        )))
+            Ok(page.tags.unwrap_or_default())
+        })
+        .await
     }
 
     /// The referrers of `digest` through the OCI 1.1 referrers API, across
-    /// its pages, optionally of one artifact type (the second value: whether
-    /// the registry applied that filter). `None` when the registry has no
-    /// such API (404, as the distribution spec has it, or 405), or will not
-    /// answer it (400, 401, 403): the caller then reads the fallback tag.
+    /// its pages. `None` when the registry has no such API (404, as the
+    /// distribution spec has it, or 405), or will not answer it (400, 401,
+    /// 403): the caller then reads the fallback tag.
     pub async fn referrers(
         &self,
         repo: &Repo,
         digest: &str,
-        artifact_type: Option<&str>,
-    ) -> Result<Option<(Vec<Descriptor>, bool)>, MirrorError> {
-        let mut url = self.url(repo, &format!("referrers/{digest}"))?;
-        if let Some(t) = artifact_type {
-            url.query_pairs_mut().append_pair("artifactType", t);
-        }
+    ) -> Result<Option<Vec<Descriptor>>, MirrorError> {
+        let url = self.url(repo, &format!("referrers/{digest}"))?;
         let op = format!("GET referrers {repo}@{digest}");
-        let mut entries = Vec::new();
-        let mut filtered = false;
-        for _ in 0..MAX_PAGES {
-            let response = self
-                .send(&Access::pull(repo), &op, true, |h| {
-                    h.get(url.clone())
-                        .header(ACCEPT, super::manifest::OCI_INDEX)
-                })
-                .await?;
-            let status = response.status();
-            if unreadable(status)
+        let no_api = |status| {
+            unreadable(status)
                 || status == StatusCode::METHOD_NOT_ALLOWED
                 || status == StatusCode::BAD_REQUEST
-            {
+        };
+        let accept = Some(super::manifest::OCI_INDEX);
+        self.all_pages(
+            repo,
+            url,
+            &op,
+            accept,
+            no_api,
+            super::referrers::descriptors,
+        )
+        .await
+    }
+
+    /// The items of a list the registry pages with `Link` headers, from
+    /// `url` on (at most [`MAX_PAGES`] pages), each page's body read by
+    /// `parse`; `None` when the first answer's status is one `absent` takes.
+    async fn all_pages<T>(
+        &self,
+        repo: &Repo,
+        mut url: Url,
+        op: &str,
+        accept: Option<&str>,
+        absent: impl Fn(StatusCode) -> bool,
+        parse: impl Fn(&[u8]) -> Result<Vec<T>, MirrorError>,
+    ) -> Result<Option<Vec<T>>, MirrorError> {
+        let mut items = Vec::new();
+        for _ in 0..MAX_PAGES {
+            let response = self
+                .send(&Access::pull(repo), op, true, |h| {
+                    let request = h.get(url.clone());
+                    match accept {
+                        Some(accept) => request.header(ACCEPT, accept),
+                        None => request,
+                    }
+                })
+                .await?;
+            if absent(response.status()) {
                 return Ok(None);
             }
-            if !status.is_success() {
-                return Err(MirrorError::status(&op, response).await);
+            if !response.status().is_success() {
+                return Err(MirrorError::status(op, response).await);
             }
-            filtered |= response
-                .headers()
-                .get("oci-filters-applied")
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| v.split(',').any(|f| f.trim() == "artifactType"));
             let next = next_page(&response, &url);
-            let body = read_limited(response, MAX_MANIFEST_BYTES, &op).await?;
-            entries.extend(super::referrers::descriptors(&body)?);
+            let body = read_limited(response, MAX_MANIFEST_BYTES, op).await?;
+            items.extend(parse(&body)?);
             match next {
                 Some(next) => url = next,
-                None => return Ok(Some((entries, filtered))),
+                None => return Ok(Some(items)),
             }
         }
         Err(MirrorError::Invalid(format!(
-            "{op}: more than {MAX_PAGES} pages of referrers"
+            "{op}: more than {MAX_PAGES} pages"
         )))
     }
 

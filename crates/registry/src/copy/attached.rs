@@ -207,8 +207,8 @@ impl Copier {
             Source::Registry(repo) => {
                 let api = self.known_api(&repo.host);
                 if api != Some(false) {
-                    match self.client.referrers(repo, subject, None).await? {
-                        Some((entries, _)) => {
+                    match self.client.referrers(repo, subject).await? {
+                        Some(entries) => {
                             self.learn_api(&repo.host, true);
                             found.extend(entries.into_iter().map(Attachment::Referrer));
                         }
@@ -281,7 +281,7 @@ impl Copier {
         if let Some(known) = self.known_api(&dst.host) {
             return Ok(known);
         }
-        let answers = self.client.referrers(dst, subject, None).await?.is_some();
+        let answers = self.client.referrers(dst, subject).await?.is_some();
         self.learn_api(&dst.host, answers);
         Ok(answers)
     }
