@@ -206,6 +206,12 @@ struct Copied {
     digests: Vec<String>,
 }
 
+fn digests_of(top: &ManifestBytes, children: &[Target]) -> Vec<String> {
+    std::iter::once(top.digest.clone())
+        .chain(children.iter().map(|c| c.digest.clone()))
+        .collect()
+}
+
 pub struct Copier {
     client: Arc<RegistryClient>,
     options: CopyOptions,
@@ -299,18 +305,16 @@ impl Copier {
             destination: destination.to_string(),
             ..CopyReport::default()
         };
-        let platforms: &[PlatformFilter] = if from.filter_platforms {
-            &self.options.platforms
-        } else {
-            &[]
-        };
         let (top, children, dropped) = self
-            .fetch_top(from.source, from.reference, from.media_type, platforms)
+            .fetch_top(
+                from.source,
+                from.reference,
+                from.media_type,
+                from.filter_platforms,
+            )
             .await?;
         report.platforms_dropped = dropped;
-        let digests: Vec<String> = std::iter::once(top.digest.clone())
-            .chain(children.iter().map(|c| c.digest.clone()))
-            .collect();
+        let digests = digests_of(&top, &children);
         if let Some(expected) = destination.digest() {
             if expected != top.digest {
                 return Err(MirrorError::Invalid(format!(
@@ -411,8 +415,13 @@ impl Copier {
         source: Source<'_>,
         reference: &str,
         media_type: Option<&str>,
-        platforms: &[PlatformFilter],
+        filter_platforms: bool,
     ) -> Result<(ManifestBytes, Vec<Target>, u64), MirrorError> {
+        let platforms: &[PlatformFilter] = if filter_platforms {
+            &self.options.platforms
+        } else {
+            &[]
+        };
         let mut top = source.manifest(&self.client, reference, media_type).await?;
         let mut children: Vec<Target> = Vec::new();
         let mut dropped = 0;
@@ -472,15 +481,12 @@ impl Copier {
         filter_platforms: bool,
         observer: Arc<dyn Observer>,
     ) -> Result<Copied, MirrorError> {
-        let platforms: &[PlatformFilter] = if filter_platforms {
-            &self.options.platforms
-        } else {
-            &[]
-        };
         let (top, children, dropped) = self
-            .fetch_top(Source::Registry(src), src_ref, None, platforms)
+            .fetch_top(Source::Registry(src), src_ref, None, filter_platforms)
             .await?;
-        let label = format!("{src}:{src_ref}");
+        // As an image reference: `repo:tag` or `repo@digest`.
+        let at = if src_ref.contains(':') { '@' } else { ':' };
+        let label = format!("{src}{at}{src_ref}");
         let mut report = CopyReport {
             source: label.clone(),
             destination: entry.to_string(),
@@ -488,9 +494,7 @@ impl Copier {
             platforms_dropped: dropped,
             ..CopyReport::default()
         };
-        let digests: Vec<String> = std::iter::once(top.digest.clone())
-            .chain(children.iter().map(|c| c.digest.clone()))
-            .collect();
+        let digests = digests_of(&top, &children);
         let mut child_manifests = Vec::new();
         let mut blobs: Vec<Target> = Vec::new();
         let mut seen = HashSet::new();
