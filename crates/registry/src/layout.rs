@@ -216,41 +216,40 @@ impl OciLayout {
     /// Every named image of `index.json`: (name, descriptor). Names with
     /// cosign's tags are not images of their own ([`Self::cosign_names`]).
     pub fn names(&self) -> Result<Vec<(String, ManifestRef)>, MirrorError> {
-        Ok(self
-            .entries()?
-            .into_iter()
-            .filter_map(|(name, at)| Some((name?, at)))
-            .filter(|(name, _)| !is_cosign_name(name))
-            .collect())
+        self.named_entries(false)
     }
 
     /// The entries named with cosign's tags (`REPOSITORY:sha256-<hex>.sig`):
     /// signatures, attestations and SBOMs of the images beside them.
     pub fn cosign_names(&self) -> Result<Vec<(String, ManifestRef)>, MirrorError> {
+        self.named_entries(true)
+    }
+
+    /// The named entries whose tag is one of cosign's, or those whose is not.
+    fn named_entries(&self, cosign: bool) -> Result<Vec<(String, ManifestRef)>, MirrorError> {
         Ok(self
             .entries()?
             .into_iter()
             .filter_map(|(name, at)| Some((name?, at)))
-            .filter(|(name, _)| is_cosign_name(name))
+            .filter(|(name, _)| is_cosign_name(name) == cosign)
             .collect())
     }
 
-    /// The referrers of `subject` among the unnamed entries of `index.json`
-    /// (as oras lays them out), described as a referrers list describes them.
-    pub fn referrers_of(&self, subject: &str) -> Result<Vec<Descriptor>, MirrorError> {
+    /// Every referrer among the unnamed entries of `index.json` (as oras
+    /// lays them out): (its subject's digest, the descriptor a referrers
+    /// list gives it).
+    pub fn referrers(&self) -> Result<Vec<(String, Descriptor)>, MirrorError> {
         let mut out = Vec::new();
         for (name, at) in self.entries()? {
             if name.is_some() || super::manifest::kind(&at.media_type).is_none() {
                 continue;
             }
             let manifest = self.read_manifest(&at.digest, &at.media_type)?;
-            if let Some((of, d)) =
-                super::referrers::referrer_of(&at.media_type, &at.digest, &manifest.bytes)
-            {
-                if of == subject {
-                    out.push(d);
-                }
-            }
+            out.extend(super::referrers::referrer_of(
+                &at.media_type,
+                &at.digest,
+                &manifest.bytes,
+            ));
         }
         Ok(out)
     }

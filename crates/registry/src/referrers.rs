@@ -45,17 +45,18 @@ pub fn tag_stem(digest: &str) -> Option<String> {
     valid.then(|| format!("{algorithm}-{hex}"))
 }
 
-/// cosign's tags of `digest` among `tags`, in suffix order.
-pub fn cosign_tags<'a>(digest: &str, tags: &'a [String]) -> Vec<&'a str> {
+/// cosign's tags of `digest` among `tags`, in suffix order, each with its
+/// suffix.
+pub fn cosign_tags<'a>(digest: &str, tags: &'a [String]) -> Vec<(&'a str, &'static str)> {
     let Some(stem) = tag_stem(digest) else {
         return Vec::new();
     };
     COSIGN_SUFFIXES
         .iter()
-        .filter_map(|suffix| {
+        .filter_map(|&suffix| {
             tags.iter()
                 .find(|t| t.strip_prefix(&stem).and_then(|r| r.strip_prefix('.')) == Some(suffix))
-                .map(String::as_str)
+                .map(|t| (t.as_str(), suffix))
         })
         .collect()
 }

@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use super::{Copied, Copier, CopyReport, From, LayoutEntry, Observer, Source};
 use crate::client::{ManifestBytes, Repo};
-use crate::layout::OciLayout;
+use crate::layout::{ManifestRef, OciLayout};
 use crate::referrers::{self, Descriptor};
 use crate::MirrorError;
 use detour_core::reference::Reference;
@@ -57,22 +57,66 @@ enum Attachment {
     /// cosign's tag, and where a layout holds it.
     Cosign {
         tag: String,
-        suffix: String,
-        at: Option<crate::layout::ManifestRef>,
+        kind: &'static str,
+        at: Option<ManifestRef>,
     },
     Referrer(Descriptor),
 }
 
-/// Where attached artifacts are looked up: the image's source, with what
-/// one lookup learns for the next.
-struct Lookup<'a> {
-    source: Source<'a>,
-    /// The registry repository's tags, read at the first lookup (`None`
-    /// inside: the registry will not list them).
-    tags: Option<Option<Vec<String>>>,
-    /// In a layout: the name's repository part, under which cosign's tags
-    /// of the image are named.
-    layout_repository: String,
+impl Attachment {
+    fn kind(&self) -> &'static str {
+        match self {
+            Attachment::Cosign { kind, .. } => kind,
+            Attachment::Referrer(_) => "referrer",
+        }
+    }
+
+    fn tag(&self) -> Option<&str> {
+        match self {
+            Attachment::Cosign { tag, .. } => Some(tag),
+            Attachment::Referrer(_) => None,
+        }
+    }
+
+    fn descriptor(&self) -> Option<&Descriptor> {
+        match self {
+            Attachment::Cosign { .. } => None,
+            Attachment::Referrer(d) => Some(d),
+        }
+    }
+
+    /// What the source holds it by: a layout, by digest; a registry, by
+    /// cosign's tag or the referrer's digest.
+    fn reference(&self) -> &str {
+        match self {
+            Attachment::Cosign { at: Some(at), .. } => &at.digest,
+            Attachment::Cosign { tag, at: None, .. } => tag,
+            Attachment::Referrer(d) => &d.digest,
+        }
+    }
+
+    /// The media type, where the source needs it (a layout).
+    fn media_type(&self) -> Option<&str> {
+        match self {
+            Attachment::Cosign { at, .. } => at.as_ref().map(|a| a.media_type.as_str()),
+            Attachment::Referrer(d) => Some(&d.media_type),
+        }
+    }
+}
+
+/// The image's source, with what its lookups read from it once.
+enum Known<'a> {
+    /// The registry repository, and its tags (`None`: it will not list them).
+    Registry {
+        repo: &'a Repo,
+        tags: Option<Vec<String>>,
+    },
+    /// The layout's cosign entries under the image's repository, as (tag,
+    /// descriptor), and its referrers, as (subject, descriptor).
+    Layout {
+        cosign: Vec<(String, ManifestRef)>,
+        referrers: Vec<(String, Descriptor)>,
+    },
 }
 
 /// Where attached artifacts go: beside the image in its destination
@@ -105,74 +149,64 @@ impl Copier {
         if !self.options.attached {
             return Ok(report);
         }
-        let mut lookup = Lookup {
-            source,
-            tags: None,
-            layout_repository: match source {
-                Source::Layout(_) => repository_of(&report.source).to_string(),
-                Source::Registry(_) => String::new(),
+        let known = match source {
+            Source::Registry(repo) => Known::Registry {
+                repo,
+                tags: self.client.all_tags(repo).await?,
             },
+            Source::Layout(layout) => {
+                let repository = repository_of(&report.source);
+                let cosign = layout
+                    .cosign_names()?
+                    .into_iter()
+                    .filter_map(|(name, at)| {
+                        let (of, tag) = split_name(&name);
+                        (of == repository).then(|| (tag.to_string(), at))
+                    })
+                    .collect();
+                Known::Layout {
+                    cosign,
+                    referrers: layout.referrers()?,
+                }
+            }
         };
         let mut queue = digests;
         let mut seen: HashSet<String> = queue.iter().cloned().collect();
         while let Some(subject) = queue.pop() {
             let mut fallback_entries = Vec::new();
-            for found in self.attached_to(&mut lookup, &subject).await? {
-                let (tag, kind, at, descriptor) = match found {
-                    Attachment::Cosign { tag, suffix, at } => {
-                        (Some(tag), referrers::cosign_kind(&suffix), at, None)
-                    }
-                    Attachment::Referrer(d) => (None, "referrer", None, Some(d)),
-                };
-                // A layout holds manifests by digest; a registry, tags too.
-                let reference = match (&tag, &at, &descriptor) {
-                    (_, Some(at), _) => at.digest.clone(),
-                    (Some(tag), None, _) => tag.clone(),
-                    (None, _, Some(d)) => d.digest.clone(),
-                    (None, _, None) => continue,
-                };
+            for found in self.attached_to(&known, &subject).await? {
+                let kind = found.kind();
                 let one = match &destination {
                     Beside::Registry(image) => {
-                        let media_type = at
-                            .as_ref()
-                            .map(|a| a.media_type.clone())
-                            .or(descriptor.as_ref().map(|d| d.media_type.clone()));
                         let target = image.with_tag_and_digest(
-                            tag.clone(),
-                            descriptor.as_ref().map(|d| d.digest.clone()),
+                            found.tag().map(str::to_string),
+                            found.descriptor().map(|d| d.digest.clone()),
                         );
                         let from = From {
-                            source: lookup.source,
+                            source,
                             label: format!("{} ({kind} of {subject})", report.source),
-                            reference: &reference,
-                            media_type: media_type.as_deref(),
-                            default_tag: tag.as_deref(),
+                            reference: found.reference(),
+                            media_type: found.media_type(),
+                            default_tag: found.tag(),
                             filter_platforms: false,
                         };
                         self.copy_image(from, &target, observer.clone()).await?
                     }
                     Beside::Layout { layout, src, name } => {
-                        let entry = match (&tag, &descriptor) {
-                            (Some(tag), _) => {
+                        let entry = match &found {
+                            Attachment::Cosign { tag, .. } => {
                                 LayoutEntry::Named(format!("{}:{tag}", repository_of(name)))
                             }
-                            (None, Some(d)) => LayoutEntry::Unnamed(d.clone()),
-                            (None, None) => continue,
+                            Attachment::Referrer(d) => LayoutEntry::Unnamed(d.clone()),
                         };
-                        self.image_to_layout(
-                            src,
-                            &reference,
-                            layout,
-                            entry,
-                            false,
-                            observer.clone(),
-                        )
-                        .await?
+                        let reference = found.reference();
+                        self.image_to_layout(src, reference, layout, entry, false, observer.clone())
+                            .await?
                     }
                 };
                 let digest = one.report.digest.clone();
-                record(&mut report, &one.report, &subject, kind, &descriptor, tag);
-                if let Some(d) = descriptor {
+                record(&mut report, &one.report, &subject, &found);
+                if let Attachment::Referrer(d) = found {
                     fallback_entries.push(d);
                 }
                 if seen.insert(digest.clone()) {
@@ -196,17 +230,16 @@ impl Copier {
     /// What the source holds attached to `subject`.
     async fn attached_to(
         &self,
-        lookup: &mut Lookup<'_>,
+        known: &Known<'_>,
         subject: &str,
     ) -> Result<Vec<Attachment>, MirrorError> {
-        let Some(stem) = referrers::tag_stem(subject) else {
-            return Ok(Vec::new());
-        };
         let mut found = Vec::new();
-        match lookup.source {
-            Source::Registry(repo) => {
-                let api = self.known_api(&repo.host);
-                if api != Some(false) {
+        match known {
+            Known::Registry { repo, tags } => {
+                let Some(stem) = referrers::tag_stem(subject) else {
+                    return Ok(found);
+                };
+                if self.known_api(&repo.host) != Some(false) {
                     match self.client.referrers(repo, subject).await? {
                         Some(entries) => {
                             self.learn_api(&repo.host, true);
@@ -215,14 +248,7 @@ impl Copier {
                         None => self.learn_api(&repo.host, false),
                     }
                 }
-                if lookup.tags.is_none() {
-                    lookup.tags = Some(self.client.all_tags(repo).await?);
-                }
-                let tags = lookup
-                    .tags
-                    .as_ref()
-                    .and_then(|t| t.as_deref())
-                    .unwrap_or(&[]);
+                let tags = tags.as_deref().unwrap_or(&[]);
                 if self.known_api(&repo.host) == Some(false) && tags.contains(&stem) {
                     let index = self.client.get_manifest(repo, &stem).await?;
                     found.extend(
@@ -231,34 +257,31 @@ impl Copier {
                             .map(Attachment::Referrer),
                     );
                 }
-                for tag in referrers::cosign_tags(subject, tags) {
-                    let suffix = tag.rsplit('.').next().unwrap_or_default().to_string();
+                for (tag, suffix) in referrers::cosign_tags(subject, tags) {
                     found.push(Attachment::Cosign {
                         tag: tag.to_string(),
-                        suffix,
+                        kind: referrers::cosign_kind(suffix),
                         at: None,
                     });
                 }
             }
-            Source::Layout(layout) => {
-                for (name, at) in layout.cosign_names()? {
-                    let (repository, tag) = split_name(&name);
-                    let Some((digest, suffix)) = referrers::parse_cosign_tag(tag) else {
-                        continue;
-                    };
-                    if digest == subject && repository == lookup.layout_repository {
-                        found.push(Attachment::Cosign {
-                            tag: tag.to_string(),
-                            suffix: suffix.to_string(),
-                            at: Some(at),
-                        });
+            Known::Layout { cosign, referrers } => {
+                for (tag, at) in cosign {
+                    if let Some((digest, suffix)) = referrers::parse_cosign_tag(tag) {
+                        if digest == subject {
+                            found.push(Attachment::Cosign {
+                                tag: tag.clone(),
+                                kind: referrers::cosign_kind(suffix),
+                                at: Some(at.clone()),
+                            });
+                        }
                     }
                 }
                 found.extend(
-                    layout
-                        .referrers_of(subject)?
-                        .into_iter()
-                        .map(Attachment::Referrer),
+                    referrers
+                        .iter()
+                        .filter(|(of, _)| of == subject)
+                        .map(|(_, d)| Attachment::Referrer(d.clone())),
                 );
             }
         }
@@ -296,9 +319,10 @@ impl Copier {
         let Some(stem) = referrers::tag_stem(subject) else {
             return Ok(());
         };
-        let existing = match self.client.manifest_digest(dst, &stem).await? {
-            Some(_) => Some(self.client.get_manifest(dst, &stem).await?.bytes),
-            None => None,
+        let existing = match self.client.get_manifest(dst, &stem).await {
+            Ok(index) => Some(index.bytes),
+            Err(MirrorError::Status { status: 404, .. }) => None,
+            Err(e) => return Err(e),
         };
         let Some(bytes) = referrers::merge_fallback(existing.as_deref(), entries)? else {
             return Ok(());
@@ -313,21 +337,14 @@ impl Copier {
 }
 
 /// Adds one artifact's copy to the image's report.
-fn record(
-    report: &mut CopyReport,
-    one: &CopyReport,
-    subject: &str,
-    kind: &str,
-    descriptor: &Option<Descriptor>,
-    tag: Option<String>,
-) {
+fn record(report: &mut CopyReport, one: &CopyReport, subject: &str, found: &Attachment) {
     report.add(one);
     report.attached.push(AttachedReport {
         subject: subject.to_string(),
         digest: one.digest.clone(),
-        kind: kind.to_string(),
-        artifact_type: descriptor.as_ref().and_then(|d| d.artifact_type.clone()),
-        tag,
+        kind: found.kind().to_string(),
+        artifact_type: found.descriptor().and_then(|d| d.artifact_type.clone()),
+        tag: found.tag().map(str::to_string),
         copied: one.manifests_copied > 0,
     });
 }

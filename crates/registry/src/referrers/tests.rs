@@ -30,7 +30,10 @@ fn cosign_tags_are_found_by_digest_and_read_back() {
     ];
     assert_eq!(
         cosign_tags(&digest(), &tags),
-        vec![format!("{stem}.sig"), format!("{stem}.sbom")]
+        vec![
+            (format!("{stem}.sig").as_str(), "sig"),
+            (format!("{stem}.sbom").as_str(), "sbom")
+        ]
     );
     assert!(cosign_tags("latest", &tags).is_empty());
     assert_eq!(tag_stem(&digest()), Some(stem.clone()));
