@@ -595,21 +595,11 @@ async fn the_webhook_premirrors_them_with_the_image() {
     let api = registry(RegistryServer::Referrers);
     let mirror = registry(RegistryServer::DistributionV3);
     let signed = signed_image(&api, 6).await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("config.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "mirror:\n  plainHttp: [\"{src}\", \"{dst}\"]\n  allowLoopback: true\nrules:\n  - source: {src}/team\n    kind: prefix\n    target: {dst}/mirror/team\n    premirror: true\n",
-            src = api.host(),
-            dst = mirror.host()
-        ),
-    )
-    .unwrap();
-    let server = common::Server::start(common::Options {
-        config: Some(&config),
-        ..common::Options::default()
-    });
+    let (server, _dir) = common::Server::with_config(&format!(
+        "mirror:\n  plainHttp: [\"{src}\", \"{dst}\"]\n  allowLoopback: true\nrules:\n  - source: {src}/team\n    kind: prefix\n    target: {dst}/mirror/team\n    premirror: true\n",
+        src = api.host(),
+        dst = mirror.host()
+    ));
     let image = format!("{}/{REPO}:v1", api.host());
     let review = common::with_containers(serde_json::json!([{"name": "app", "image": image}]));
     let (status, response) = common::post(&server.client(), &server.url("/mutate"), &review).await;

@@ -36,18 +36,6 @@ async fn wait_for_manifest(registry: &Registry, repo: &str, reference: &str) {
     }
 }
 
-/// The detour binary serving with `yaml` as its config file.
-fn serve_with_config(yaml: &str) -> (Server, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("config.yaml");
-    std::fs::write(&config, yaml).unwrap();
-    let server = Server::start(Options {
-        config: Some(&config),
-        ..Options::default()
-    });
-    (server, dir)
-}
-
 struct Setup {
     source: Registry,
     mirror: Registry,
@@ -58,7 +46,7 @@ struct Setup {
 async fn setup() -> Setup {
     let source = Registry::start(RegistryOptions::default());
     let mirror = Registry::start(RegistryOptions::default());
-    let (server, _dir) = serve_with_config(&format!(
+    let (server, _dir) = Server::with_config(&format!(
         "mirror:\n  plainHttp: [\"{src}\", \"{dst}\"]\n  allowLoopback: true\n  lookupBudget: 3s\n  absentTtl: 1s\nrules:\n  - source: {src}/team\n    kind: prefix\n    target: {dst}/mirror/team\n    premirror: true\n    swap: if-present\n",
         src = source.host(),
         dst = mirror.host()
@@ -211,7 +199,7 @@ async fn audit_mode_and_dry_runs_never_copy_and_concurrent_pods_queue_one_copy()
 async fn swap_always_rewrites_at_once_and_copies_behind() {
     let source = Registry::start(RegistryOptions::default());
     let mirror = Registry::start(RegistryOptions::default());
-    let (server, _dir) = serve_with_config(&format!(
+    let (server, _dir) = Server::with_config(&format!(
         "mirror:\n  plainHttp: [\"{src}\", \"{dst}\"]\n  allowLoopback: true\nrules:\n  - source: {src}\n    kind: host\n    target: {dst}\n    premirror: true\n",
         src = source.host(),
         dst = mirror.host()
@@ -234,7 +222,7 @@ async fn a_mirror_that_never_answers_costs_at_most_the_lookup_budget() {
     // Accepts connections (the kernel's backlog) but never answers.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let silent_host = format!("127.0.0.1:{}", silent.local_addr().unwrap().port());
-    let (server, _dir) = serve_with_config(&format!(
+    let (server, _dir) = Server::with_config(&format!(
         "mirror:\n  plainHttp: [\"{silent_host}\"]\n  allowLoopback: true\n  lookupBudget: 300ms\nrules:\n  - source: quay.io\n    kind: host\n    target: {silent_host}\n    swap: if-present\n"
     ));
     let client = server.client();
@@ -285,7 +273,7 @@ async fn a_full_queue_drops_and_counts_and_admissions_never_wait() {
     let target = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let src = format!("127.0.0.1:{}", source.local_addr().unwrap().port());
     let dst = format!("127.0.0.1:{}", target.local_addr().unwrap().port());
-    let (server, _dir) = serve_with_config(&format!(
+    let (server, _dir) = Server::with_config(&format!(
         "mirror:\n  plainHttp: [\"{src}\", \"{dst}\"]\n  allowLoopback: true\n  queueLength: 1\n  copiesPerRegistry: 1\n  requestTimeout: 20s\nrules:\n  - source: {src}\n    kind: host\n    target: {dst}\n    premirror: true\n"
     ));
     let client = server.client();

@@ -85,6 +85,19 @@ pub struct Options<'a> {
 }
 
 impl Server {
+    /// The detour binary serving with `yaml` as its config file (kept in
+    /// the directory returned).
+    pub fn with_config(yaml: &str) -> (Server, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config.yaml");
+        std::fs::write(&config, yaml).unwrap();
+        let server = Server::start(Options {
+            config: Some(&config),
+            ..Options::default()
+        });
+        (server, dir)
+    }
+
     pub fn start(opts: Options) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let cert_dir = opts.cert_dir.clone().unwrap_or_else(|| {
