@@ -18,8 +18,21 @@ import tarfile
 import tempfile
 
 
+INDEX = "application/vnd.oci.image.index.v1+json"
+MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+
+
 def digest(data):
     return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def descriptor(media_type, blob, **more):
+    """An OCI descriptor of `blob`, with `more` fields (platform, annotations)."""
+    return {"mediaType": media_type, "digest": digest(blob), "size": len(blob), **more}
+
+
+def compact(document):
+    return json.dumps(document, separators=(",", ":")).encode()
 
 
 def layer_tar(rootfs, mtime):
@@ -83,34 +96,24 @@ def main():
         "rootfs": {"type": "layers", "diff_ids": [digest(tar)]},
         "history": [{"created": created, "created_by": "dist/image.sh: the static detour binary, CA certificates, user 65532"}],
     }, sort_keys=True, separators=(",", ":")).encode()
-    manifest = json.dumps({
+    manifest = compact({
         "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": digest(config), "size": len(config)},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": digest(layer), "size": len(layer)}],
+        "mediaType": MANIFEST,
+        "config": descriptor("application/vnd.oci.image.config.v1+json", config),
+        "layers": [descriptor("application/vnd.oci.image.layer.v1.tar+gzip", layer)],
         "annotations": {k: v for k, v in labels.items() if k in ("org.opencontainers.image.version", "org.opencontainers.image.revision", "org.opencontainers.image.source", "org.opencontainers.image.created")},
-    }, separators=(",", ":")).encode()
-    index = json.dumps({
+    })
+    index = compact({
         "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.index.v1+json",
-        "manifests": [{
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": digest(manifest),
-            "size": len(manifest),
-            "platform": {"os": "linux", "architecture": a.arch},
-        }],
+        "mediaType": INDEX,
+        "manifests": [descriptor(MANIFEST, manifest, platform={"os": "linux", "architecture": a.arch})],
         "annotations": {"org.opencontainers.image.version": a.version, "org.opencontainers.image.source": a.source},
-    }, separators=(",", ":")).encode()
-    layout_index = json.dumps({
+    })
+    layout_index = compact({
         "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.index.v1+json",
-        "manifests": [{
-            "mediaType": "application/vnd.oci.image.index.v1+json",
-            "digest": digest(index),
-            "size": len(index),
-            "annotations": {"org.opencontainers.image.ref.name": a.name},
-        }],
-    }, separators=(",", ":")).encode()
+        "mediaType": INDEX,
+        "manifests": [descriptor(INDEX, index, annotations={"org.opencontainers.image.ref.name": a.name})],
+    })
 
     members = [("oci-layout", b'{"imageLayoutVersion":"1.0.0"}'), ("index.json", layout_index)]
     for blob in (index, manifest, config, layer):
