@@ -235,6 +235,34 @@ impl Proxy {
         Some(ManifestAnswer::stored(stored, digest, stale))
     }
 
+    /// After `error` fetching what a tag names (`kind`: a manifest, a
+    /// referrers list): the cached answer past its TTL when the upstream
+    /// could not be reached and the stale window allows, counted and
+    /// logged; else the error.
+    async fn stale(
+        &self,
+        upstream: usize,
+        repository: &str,
+        tag: &Reference,
+        kind: &'static str,
+        error: ProxyError,
+    ) -> Result<ManifestAnswer, ProxyError> {
+        if !matches!(error, ProxyError::Unavailable(_)) {
+            return Err(error);
+        }
+        let Some(answer) = self.cached_manifest(upstream, repository, tag, true).await else {
+            return Err(error);
+        };
+        let host = self.router.host(upstream);
+        self.count(upstream, kind, "stale");
+        self.metrics
+            .stale_served
+            .get_or_create(&ProxyMetrics::upstream(host))
+            .inc();
+        tracing::warn!(upstream = host, repository, tag = tag.as_str(), kind, error = %error, "upstream unreachable: serving the cached answer past its TTL");
+        Ok(answer)
+    }
+
     async fn fetch_manifest(
         &self,
         upstream: usize,
@@ -264,21 +292,9 @@ impl Proxy {
                     Err(e) => {
                         self.count_error(upstream, &e);
                         let error = ProxyError::from(e);
-                        if matches!(error, ProxyError::Unavailable(_)) {
-                            if let Some(answer) = self
-                                .cached_manifest(upstream, repository, reference, true)
-                                .await
-                            {
-                                self.count(upstream, "manifest", "stale");
-                                self.metrics
-                                    .stale_served
-                                    .get_or_create(&ProxyMetrics::upstream(host))
-                                    .inc();
-                                tracing::warn!(upstream = host, repository, tag, error = %error, "upstream unreachable: serving the cached tag past its TTL");
-                                return Ok(answer);
-                            }
-                        }
-                        return Err(error);
+                        return self
+                            .stale(upstream, repository, reference, "manifest", error)
+                            .await;
                     }
                 }
             }
@@ -627,20 +643,10 @@ impl Proxy {
                         self.store_referrers(upstream, repository, &cached_as, &entries)
                             .await
                     }
-                    Err(ProxyError::Unavailable(why)) => {
-                        let stale = self
-                            .cached_manifest(upstream, repository, &cached_as, true)
-                            .await;
-                        match stale {
-                            Some(answer) => {
-                                self.count(upstream, "referrers", "stale");
-                                tracing::warn!(upstream = self.router.host(upstream), repository, digest, error = %why, "upstream unreachable: serving cached referrers past their TTL");
-                                answer
-                            }
-                            None => return Err(ProxyError::Unavailable(why)),
-                        }
+                    Err(e) => {
+                        self.stale(upstream, repository, &cached_as, "referrers", e)
+                            .await?
                     }
-                    Err(e) => return Err(e),
                 }
             }
         };
