@@ -426,6 +426,35 @@ async fn archives_carry_them_and_push_them_back() {
     );
     assert!(out.contains(&signed.sbom), "{out}");
 
+    // A layout whose SBOM lost its manifest is refused before anything is
+    // sent, naming what is missing.
+    let cut = dir.path().join("cut");
+    let copied = Command::new("cp")
+        .args(["-r", layout.to_str().unwrap(), cut.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    std::fs::remove_file(
+        cut.join("blobs/sha256")
+            .join(&signed.sbom["sha256:".len()..]),
+    )
+    .unwrap();
+    let refused = mirror(
+        &[
+            &format!("oci:{}", cut.display()),
+            "--to",
+            &format!("{}/cut/app:v1", v3.host()),
+        ],
+        &all,
+    );
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("artifact {}", signed.sbom)) && stderr.contains("missing"),
+        "{stderr}"
+    );
+    assert_eq!(v3.manifest_status("cut/app", &signed.index).await, 404);
+
     // Pushed back from the archive (one image in it, its artifacts beside),
     // to a registry with the referrers API and to one without.
     for (dst, path) in [(&api, "restored"), (&v3, "restored")] {

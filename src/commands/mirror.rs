@@ -57,7 +57,12 @@ pub struct Plan {
 
 /// `oci:DIR[:NAME]` or `oci-archive:FILE[:NAME]` as a source: every image
 /// of the layout, or the one named (the name may contain ':').
-fn layout_source(text: &str, plan: &mut Plan) -> Result<Option<Vec<(usize, String)>>, String> {
+/// With `attached`, what travels beside the images is checked whole too.
+fn layout_source(
+    text: &str,
+    plan: &mut Plan,
+    attached: bool,
+) -> Result<Option<Vec<(usize, String)>>, String> {
     #[derive(PartialEq)]
     enum Kind {
         Dir,
@@ -110,6 +115,11 @@ fn layout_source(text: &str, plan: &mut Plan) -> Result<Option<Vec<(usize, Strin
     for name in &names {
         layout
             .check_image(name)
+            .map_err(|e| format!("{text}: {e}"))?;
+    }
+    if attached {
+        layout
+            .check_attached()
             .map_err(|e| format!("{text}: {e}"))?;
     }
     plan.layouts.push(layout);
@@ -196,8 +206,9 @@ fn plan_jobs(
 ) -> Result<Vec<CopyJob>, String> {
     let mut sources: Vec<String> = Vec::new();
     let mut layout_images: Vec<(usize, String)> = Vec::new();
+    let attached = settings(args, config).attached_artifacts;
     for image in &args.images {
-        match layout_source(image, plan)? {
+        match layout_source(image, plan, attached)? {
             Some(found) => layout_images.extend(found),
             None => sources.push(image.clone()),
         }

@@ -348,13 +348,29 @@ impl OciLayout {
     /// Errors name what is missing by digest and role, not by a path inside
     /// the layout (for an archive that is a scratch directory).
     pub fn check_image(&self, name: &str) -> Result<(), MirrorError> {
-        let top = self.named(name)?;
-        let incomplete = |what: String| MirrorError::Invalid(format!("image {name:?}: {what}"));
-        let mut manifests = vec![(
-            top.digest.clone(),
-            top.media_type.clone(),
-            "manifest".to_string(),
-        )];
+        self.check_whole(&format!("image {name:?}"), self.named(name)?)
+    }
+
+    /// Checks, as [`Self::check_image`] does, every artifact a copy may
+    /// send beside the images: the entries named with cosign's tags and
+    /// the unnamed ones (referrers).
+    pub fn check_attached(&self) -> Result<(), MirrorError> {
+        for (name, at) in self.entries()? {
+            match name {
+                Some(name) if is_cosign_name(&name) => {
+                    self.check_whole(&format!("cosign artifact {name:?}"), at)?
+                }
+                Some(_) => {}
+                None => self.check_whole(&format!("artifact {}", at.digest), at)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that the manifest `top` (called `label` in errors) is whole.
+    fn check_whole(&self, label: &str, top: ManifestRef) -> Result<(), MirrorError> {
+        let incomplete = |what: String| MirrorError::Invalid(format!("{label}: {what}"));
+        let mut manifests = vec![(top.digest, top.media_type, "manifest".to_string())];
         while let Some((digest, media_type, role)) = manifests.pop() {
             if !self.has_blob(&digest)? {
                 return Err(incomplete(format!(
